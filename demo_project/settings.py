@@ -1,0 +1,150 @@
+"""Settings of the demo todo project that uses powersync_django.
+
+Environment variables:
+- ``DATABASE_URL``: ``postgres://user@host:port/name`` to use PostgreSQL; default: SQLite file ``db.sqlite3``
+  (``sqlite:///path`` also works).
+- ``POWERSYNC_JWT_SECRET``: HS256 secret for client tokens (development default below; change it in production).
+- ``DJANGO_DEBUG``: "0" to turn debug off.
+"""
+
+import os
+from pathlib import Path
+from urllib.parse import unquote, urlparse
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+SECRET_KEY = os.environ.get("DJANGO_SECRET_KEY", "dev-insecure-secret-key-change-me")
+DEBUG = os.environ.get("DJANGO_DEBUG", "1") != "0"
+ALLOWED_HOSTS = ["*"]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+    "rest_framework",
+    "powersync_django",
+    "demo_project.todos",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "demo_project.urls"
+ASGI_APPLICATION = "demo_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+
+def database_from_url(url: str | None) -> dict:
+    """A Django DATABASES entry from a URL (postgres://, postgresql://, sqlite:///path) or the SQLite default."""
+    if not url:
+        return sqlite_database(BASE_DIR / "db.sqlite3")
+    parsed = urlparse(url)
+    if parsed.scheme == "sqlite":
+        return sqlite_database(unquote(parsed.path) or BASE_DIR / "db.sqlite3")
+    if parsed.scheme in ("postgres", "postgresql"):
+        return {
+            "ENGINE": "django.db.backends.postgresql",
+            "NAME": unquote(parsed.path.lstrip("/")) or "postgres",
+            "USER": unquote(parsed.username or "postgres"),
+            "PASSWORD": unquote(parsed.password or ""),
+            "HOST": parsed.hostname or "127.0.0.1",
+            "PORT": str(parsed.port or 5432),
+            "CONN_MAX_AGE": 0,
+            "TEST": {"NAME": os.environ.get("POWERSYNC_TEST_DB_NAME", "test_powersync")},
+        }
+    raise ValueError(f"Unsupported DATABASE_URL scheme: {parsed.scheme!r}")
+
+
+def sqlite_database(path) -> dict:
+    # WAL lets the sync streams read while the replicator writes; IMMEDIATE avoids lock upgrades failing.
+    return {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(path),
+        "OPTIONS": {
+            "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+            "transaction_mode": "IMMEDIATE",
+            "timeout": 30,
+        },
+    }
+
+
+DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL"))}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+
+CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+
+POWERSYNC = {
+    "JWT": {
+        "SECRET": os.environ.get("POWERSYNC_JWT_SECRET", "powersync-demo-dev-secret-change-me"),
+        "AUDIENCE": "powersync",
+    },
+    "BUCKETS": {
+        # One bucket per user: the lists they own.
+        "user_lists": {
+            "parameters": {"owner_id": "token.sub"},
+            "data": [
+                {"model": "todos.TodoList", "table": "lists", "filter": {"owner_id": "bucket.owner_id"}},
+            ],
+        },
+        # One bucket per list the user owns, holding that list's todos.
+        "list_todos": {
+            "parameters": {
+                "queryset": "todos.TodoList",
+                "filter": {"owner_id": "token.sub"},
+                "values": {"list_id": "id"},
+            },
+            "data": [
+                {"model": "todos.Todo", "table": "todos", "filter": {"list_id": "bucket.list_id"}},
+            ],
+        },
+    },
+    "UPLOAD": {
+        "PERMISSIONS": {
+            "lists": "demo_project.todos.permissions.can_write_list",
+            "todos": "demo_project.todos.permissions.can_write_todo",
+        },
+        "PREPARE": {
+            "lists": "demo_project.todos.permissions.prepare_list",
+            "todos": "demo_project.todos.permissions.prepare_todo",
+        },
+    },
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"powersync_django": {"handlers": ["console"], "level": os.environ.get("POWERSYNC_LOG_LEVEL", "INFO")}},
+}

@@ -1,0 +1,13 @@
+from django.apps import AppConfig
+
+
+class PowerSyncConfig(AppConfig):
+    name = "powersync_django"
+    label = "powersync_django"
+    verbose_name = "PowerSync"
+    default_auto_field = "django.db.models.BigAutoField"
+
+    def ready(self) -> None:
+        from . import capture, checks  # noqa: F401  (registers signal receivers and system checks)
+
+        capture.connect_signals()

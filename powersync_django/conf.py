@@ -1,0 +1,124 @@
+"""All settings of powersync_django, read from ``settings.POWERSYNC`` over these defaults.
+
+Nothing else in the package reads ``settings.POWERSYNC``: call :func:`get_config`.
+The cache is cleared on Django's ``setting_changed`` signal, so ``override_settings`` works in tests.
+"""
+
+from __future__ import annotations
+
+import copy
+from functools import lru_cache
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+from django.utils.module_loading import import_string
+
+DEFAULTS: dict[str, Any] = {
+    # Bucket definitions, see the README ("Bucket definitions").
+    "BUCKETS": {},
+    "JWT": {
+        # HS256 shared secret (str). Used for verification and by `powersync_token`.
+        "SECRET": None,
+        # PEM public keys for RS256/ES256 tokens: a list of PEM strings or {kid: PEM}.
+        "PUBLIC_KEYS": None,
+        # A JWKS URL; keys are cached and refreshed when a token names an unknown `kid`.
+        "JWKS_URL": None,
+        "JWKS_CACHE_SECONDS": 300,
+        # Accepted algorithms. `none` is never accepted.
+        "ALGORITHMS": ["HS256", "RS256", "ES256"],
+        # Expected audience (str or list of str). None: the `aud` claim is not checked.
+        "AUDIENCE": None,
+        "ISSUER": None,
+        # Clock tolerance for exp/iat/nbf, in seconds.
+        "LEEWAY": 60,
+        # Largest accepted `exp - iat`, in seconds (the reference service uses one day).
+        "MAX_LIFETIME": 86400,
+        # Lifetime of tokens made by `manage.py powersync_token`.
+        "DEFAULT_TTL": 3600,
+        # `kid` header written by `powersync_token`, if any.
+        "KID": None,
+    },
+    # How datetimes are written into row data: "space" (reference service: `2026-11-26 05:44:47.992823Z`)
+    # or "iso" (`2026-11-26T05:44:47.992823Z`).
+    "DATETIME_FORMAT": "space",
+    # Run the replicator in a background thread of every ASGI server process (one at a time works,
+    # chosen by a database lease). Set False when you run `manage.py powersync_replicate` instead.
+    "REPLICATOR_IN_PROCESS": True,
+    # Outbox rows replicated per transaction.
+    "REPLICATION_BATCH_SIZE": 1000,
+    # How often the SQLite backend polls for outbox rows / new checkpoints (seconds).
+    "POLL_INTERVAL": 0.05,
+    # Seconds a replicator lease lasts without renewal.
+    "LEASE_SECONDS": 10,
+    # Sync stream limits.
+    "MAX_BUCKETS_PER_CONNECTION": 1000,
+    "MAX_REQUEST_BYTES": 1024 * 1024,
+    "OPS_PER_DATA_LINE": 1000,
+    "KEEPALIVE_SECONDS": 20,
+    # Concurrent database reads of sync sessions (threads per process).
+    "READ_THREADS": 4,
+    # CORS for browser clients: "*" or a list of allowed origins.
+    "CORS_ALLOWED_ORIGINS": "*",
+    # Gzip level of compressed sync streams (1 = fastest).
+    "GZIP_LEVEL": 1,
+    # Upload endpoint (see README "Uploads").
+    "UPLOAD": {
+        # {client table: "dotted.path.to.Serializer"}; default: a ModelSerializer of the synced columns.
+        "SERIALIZERS": {},
+        # {client table: "dotted.path.to.callable(user, op, instance, data) -> bool"}.
+        "PERMISSIONS": {},
+        # Callable applied to validated data before saving: (user, table, op, data) -> data.
+        "PREPARE": {},
+        "MAX_OPERATIONS": 1000,
+        "MAX_BYTES": 5 * 1024 * 1024,
+        # What a PATCH of a row that does not exist does: "ignore" (success, nothing written) or "error" (404 op error).
+        "PATCH_MISSING": "ignore",
+    },
+}
+
+REMOVED_OR_RENAMED: dict[str, str] = {
+    "BUCKET_DEFINITIONS": "Use 'BUCKETS'.",
+    "JWT_SECRET": "Use POWERSYNC['JWT']['SECRET'].",
+}
+
+
+def _merge(defaults: dict[str, Any], user: dict[str, Any], path: str) -> dict[str, Any]:
+    merged = copy.deepcopy(defaults)
+    for key, value in user.items():
+        if key not in defaults:
+            hint = REMOVED_OR_RENAMED.get(key, f"Known keys: {', '.join(sorted(defaults))}.")
+            raise ImproperlyConfigured(f"Unknown setting {path}['{key}']. {hint}")
+        if isinstance(defaults[key], dict) and defaults[key] and isinstance(value, dict):
+            merged[key] = _merge(defaults[key], value, f"{path}['{key}']")
+        else:
+            merged[key] = value
+    return merged
+
+
+@lru_cache(maxsize=1)
+def get_config() -> dict[str, Any]:
+    """Return the effective configuration: ``settings.POWERSYNC`` over :data:`DEFAULTS`."""
+    user = getattr(settings, "POWERSYNC", {}) or {}
+    if not isinstance(user, dict):
+        raise ImproperlyConfigured("settings.POWERSYNC must be a dict.")
+    return _merge(DEFAULTS, user, "POWERSYNC")
+
+
+def import_setting(path: str, setting_name: str) -> Any:
+    """Import a dotted path named in a setting, with an error that names the setting."""
+    try:
+        return import_string(path)
+    except ImportError as exc:
+        raise ImproperlyConfigured(f"Could not import '{path}' for setting {setting_name}: {exc}") from exc
+
+
+@receiver(setting_changed)
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("POWERSYNC", "DATABASES"):
+        get_config.cache_clear()
+        from . import rules
+
+        rules.get_rules.cache_clear()

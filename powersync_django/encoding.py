@@ -1,0 +1,88 @@
+"""Model values to the JSON text clients store in their SQLite tables (README "Value encoding").
+
+strings as is; UUIDs canonical; booleans 0/1; datetimes UTC with microseconds (`2026-11-26 05:44:47.992823Z`
+by default, ISO 8601 with `T` when DATETIME_FORMAT is "iso"); dates `YYYY-MM-DD`; times `HH:MM:SS[.ffffff]`;
+Decimal as text; JSON fields as JSON text; binary as base64; None as null.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import decimal
+import uuid
+from typing import Any
+
+import orjson
+from django.db import models
+from django.utils import timezone
+
+from .conf import get_config
+
+
+def format_datetime(value: datetime.datetime, iso: bool) -> str:
+    if timezone.is_aware(value):
+        value = value.astimezone(datetime.UTC).replace(tzinfo=None)
+    sep = "T" if iso else " "
+    text = value.isoformat(sep=sep, timespec="microseconds") if value.microsecond else value.isoformat(sep=sep)
+    if not iso and value.microsecond:
+        # Like the reference service: microseconds without trailing zeros.
+        text = text.rstrip("0")
+    return text + "Z"
+
+
+def encode_value(value: Any, field: models.Field | None = None) -> Any:
+    """Encode one Python value for a client's SQLite column (a JSON scalar)."""
+    if value is None or isinstance(value, str):
+        return value
+    if isinstance(field, models.JSONField):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, int | float):
+        return value
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime.datetime):
+        return format_datetime(value, get_config()["DATETIME_FORMAT"] == "iso")
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, dict | list):
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    return str(value)
+
+
+def snapshot_value(field: models.Field, value: Any) -> Any:
+    """Encode a field value for the outbox snapshot, losslessly decodable with ``field.to_python``."""
+    if value is None:
+        return None
+    if isinstance(field, models.JSONField):
+        return {"json": value}
+    if isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime.datetime | datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, datetime.timedelta):
+        return {"td": value.total_seconds()}
+    return str(value)
+
+
+def snapshot_to_python(field: models.Field, value: Any) -> Any:
+    """Inverse of :func:`snapshot_value`."""
+    if value is None:
+        return None
+    if isinstance(field, models.JSONField):
+        return value["json"]
+    if isinstance(value, dict) and "td" in value:
+        return datetime.timedelta(seconds=value["td"])
+    if isinstance(field, models.ForeignKey):
+        field = field.target_field
+    return field.to_python(value)

@@ -1,0 +1,228 @@
+"""New-checkpoint fan-out: one listener per server process, shared in memory by all its sync streams.
+
+PostgreSQL: LISTEN on the checkpoint channel (the replicator NOTIFYs in its batch transaction).
+SQLite: one light poll of the newest checkpoint id per process. In both cases a checkpoint committed by
+this process's own replicator thread wakes the hub at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import orjson
+from django.db import connections
+
+from .conf import get_config
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_CHANNEL = "powersync_checkpoint"
+RECENT_EVENTS = 256
+
+# --- replicator wake-up (threads) ------------------------------------------------------------------
+
+_replicator_events: set[threading.Event] = set()
+
+
+def register_replicator_wakeup(event: threading.Event) -> None:
+    _replicator_events.add(event)
+
+
+def unregister_replicator_wakeup(event: threading.Event) -> None:
+    _replicator_events.discard(event)
+
+
+def outbox_changed() -> None:
+    """Called after a transaction with outbox entries commits in this process."""
+    for event in list(_replicator_events):
+        event.set()
+
+
+# --- checkpoint hub (asyncio) ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointEvent:
+    """What one replication batch changed."""
+
+    id: int
+    last_op_id: int
+    changed_buckets: frozenset[str] | None  # None: any bucket may have changed
+    changed_models: frozenset[str]
+    write_checkpoints: frozenset[str]
+
+
+@dataclass
+class Changes:
+    """Union of several checkpoint events, as a stream sees them."""
+
+    last_id: int
+    buckets: set[str] | None
+    models: set[str]
+    write_checkpoints: set[str]
+
+    @classmethod
+    def everything(cls, last_id: int) -> Changes:
+        return cls(last_id, None, {"*"}, {"*"})
+
+    def touches_models(self, models: frozenset[str]) -> bool:
+        return "*" in self.models or bool(self.models & models)
+
+    def touches_key(self, key: str) -> bool:
+        return "*" in self.write_checkpoints or key in self.write_checkpoints
+
+
+_hubs: dict[asyncio.AbstractEventLoop, CheckpointHub] = {}
+_hubs_lock = threading.Lock()
+
+
+def checkpoint_committed(checkpoint_id: int) -> None:
+    """Called (from any thread) after a replication batch committed in this process."""
+    with _hubs_lock:
+        hubs = list(_hubs.items())
+    for loop, hub in hubs:
+        try:
+            loop.call_soon_threadsafe(hub.poke)
+        except RuntimeError:  # loop closed
+            pass
+
+
+def get_hub(using: str = "default") -> CheckpointHub:
+    """The hub of the running event loop (started on first use)."""
+    loop = asyncio.get_running_loop()
+    with _hubs_lock:
+        hub = _hubs.get(loop)
+        if hub is None or hub.closed:
+            hub = _hubs[loop] = CheckpointHub(using)
+            hub.start()
+    return hub
+
+
+class CheckpointHub:
+    """Tracks the newest checkpoint and wakes waiting streams when it changes."""
+
+    def __init__(self, using: str = "default") -> None:
+        self.using = using
+        self.latest_id = 0
+        # Every event with an id above this one is in ``events``.
+        self.known_from = 0
+        self.events: deque[CheckpointEvent] = deque(maxlen=RECENT_EVENTS)
+        self.closed = False
+        self._changed = asyncio.Event()
+        self._poke = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
+        self._ready = asyncio.Event()
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._run(), name="powersync-checkpoint-hub"))
+        if connections[self.using].vendor == "postgresql":
+            self._tasks.append(asyncio.create_task(self._listen(), name="powersync-checkpoint-listen"))
+
+    def poke(self) -> None:
+        self._poke.set()
+
+    async def close(self) -> None:
+        self.closed = True
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def ready(self) -> int:
+        """Wait for the first read of the newest checkpoint id; return it."""
+        await self._ready.wait()
+        return self.latest_id
+
+    async def wait_changes(self, after_id: int, timeout: float) -> Changes | None:
+        """Changes of the checkpoints after ``after_id``; None if nothing new within ``timeout``."""
+        if self.latest_id <= after_id:
+            waiter = self._changed
+            try:
+                await asyncio.wait_for(waiter.wait(), timeout)
+            except TimeoutError:
+                return None
+        if self.latest_id <= after_id:
+            return None
+        return self.changes_since(after_id)
+
+    def changes_since(self, after_id: int) -> Changes:
+        if after_id < self.known_from:
+            # Older than what we remember: assume everything changed.
+            return Changes.everything(self.latest_id)
+        events = [e for e in self.events if e.id > after_id]
+        buckets: set[str] | None = set()
+        models: set[str] = set()
+        keys: set[str] = set()
+        for e in events:
+            if e.changed_buckets is None or buckets is None:
+                buckets = None
+            else:
+                buckets |= e.changed_buckets
+            models |= e.changed_models
+            keys |= e.write_checkpoints
+        return Changes(self.latest_id, buckets, models, keys)
+
+    async def _run(self) -> None:
+        from . import storage
+
+        interval = get_config()["POLL_INTERVAL"]
+        pg = connections[self.using].vendor == "postgresql"
+        while not self.closed:
+            try:
+                newest = await storage.run(storage.latest_checkpoint_id, self.using)
+                if newest > self.latest_id:
+                    if self.latest_id == 0:
+                        self.latest_id = self.known_from = newest
+                    else:
+                        rows = await storage.run(storage.checkpoints_after, self.latest_id, self.using)
+                        self._publish(rows)
+                self._ready.set()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("powersync: reading checkpoints failed")
+            self._poke.clear()
+            try:
+                await asyncio.wait_for(self._poke.wait(), 5.0 if pg else interval)
+            except TimeoutError:
+                pass
+
+    def _publish(self, rows: list[tuple]) -> None:
+        for cid, last_op, buckets, models, keys in rows:
+            if len(self.events) == self.events.maxlen:
+                self.known_from = self.events[0].id
+            self.events.append(
+                CheckpointEvent(
+                    id=cid,
+                    last_op_id=last_op,
+                    changed_buckets=None if buckets is None else frozenset(orjson.loads(buckets)),
+                    changed_models=frozenset(orjson.loads(models or "[]")),
+                    write_checkpoints=frozenset(orjson.loads(keys or "[]")),
+                )
+            )
+            self.latest_id = max(self.latest_id, cid)
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+    async def _listen(self) -> None:
+        import psycopg
+
+        params = connections[self.using].get_connection_params()
+        params.pop("cursor_factory", None)
+        params.pop("context", None)
+        while not self.closed:
+            try:
+                conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
+                async with conn:
+                    await conn.execute(f"LISTEN {CHECKPOINT_CHANNEL}")
+                    self.poke()  # catch up on anything committed before LISTEN
+                    async for _ in conn.notifies():
+                        self.poke()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("powersync: checkpoint listener failed; reconnecting")
+                await asyncio.sleep(1.0)

@@ -1,0 +1,144 @@
+"""Sync request parsing/validation and sync line encoding (NDJSON and BSON), protocol.md §5-§7."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import bson
+import orjson
+
+NDJSON = "application/x-ndjson"
+BSON_STREAM = "application/vnd.powersync.bson-stream"
+MAX_OP_ID = (1 << 63) - 1
+
+
+class ProtocolError(Exception):
+    """A bad request, reported to the client as a JSON error (HTTP 400) before the stream starts."""
+
+    def __init__(self, description: str, code: str = "PSYNC_S2001", status: int = 400, details: str = "") -> None:
+        super().__init__(description)
+        self.description = description
+        self.code = code
+        self.status = status
+        self.details = details
+
+    def as_json(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "status": self.status, "description": self.description,
+                                 "name": "ValidationError" if self.status == 400 else "ServiceError"}
+        if self.details:
+            error["details"] = self.details
+        return {"error": error}
+
+
+@dataclass
+class SyncRequest:
+    """The validated body of a sync request."""
+
+    buckets: dict[str, int] = field(default_factory=dict)
+    client_id: str | None = None
+    parameters: dict[str, Any] = field(default_factory=dict)
+    raw_data: bool = True
+
+
+def _op_id(value: Any, where: str) -> int:
+    if isinstance(value, bool):
+        raise ProtocolError(f"{where} must be a decimal string")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        number = int(value)
+    else:
+        raise ProtocolError(f"{where} must be a decimal string", details=f"got {str(value)[:40]!r}")
+    if not 0 <= number <= MAX_OP_ID:
+        raise ProtocolError(f"{where} is out of range")
+    return number
+
+
+def parse_request(body: Any) -> SyncRequest:
+    """Validate a decoded request body (JSON or BSON). Unknown fields and nulls are tolerated."""
+    if body is None:
+        return SyncRequest()
+    if not isinstance(body, Mapping):
+        raise ProtocolError("Request body must be a JSON object")
+    req = SyncRequest()
+    buckets = body.get("buckets")
+    if buckets is not None:
+        if not isinstance(buckets, list):
+            raise ProtocolError("'buckets' must be an array")
+        for i, item in enumerate(buckets):
+            if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
+                raise ProtocolError(f"buckets[{i}] must be an object with a string 'name'")
+            after = item.get("after")
+            req.buckets[item["name"]] = 0 if after is None else _op_id(after, f"buckets[{i}].after")
+    client_id = body.get("client_id")
+    if client_id is not None:
+        if not isinstance(client_id, str) or len(client_id) > 200:
+            raise ProtocolError("'client_id' must be a string of at most 200 characters")
+        req.client_id = client_id or None
+    params = body.get("parameters")
+    if params is not None:
+        if not isinstance(params, Mapping):
+            raise ProtocolError("'parameters' must be an object")
+        req.parameters = dict(params)
+    raw = body.get("raw_data")
+    if raw is not None:
+        if not isinstance(raw, bool):
+            raise ProtocolError("'raw_data' must be a boolean")
+        req.raw_data = raw
+    for key in ("include_checksum", "binary_data"):
+        if body.get(key) is not None and not isinstance(body.get(key), bool):
+            raise ProtocolError(f"'{key}' must be a boolean")
+    streams = body.get("streams")
+    if streams is not None and not isinstance(streams, Mapping):
+        raise ProtocolError("'streams' must be an object")
+    return req
+
+
+def parse_json_request(raw: bytes) -> SyncRequest:
+    if not raw.strip():
+        return SyncRequest()
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("Request body is not valid JSON", details=str(exc)[:200]) from None
+    return parse_request(body)
+
+
+def prefers_bson(accept: str) -> bool:
+    """Whether an ``Accept`` header prefers the BSON stream over NDJSON."""
+    best: tuple[float, str] | None = None
+    for part in accept.split(","):
+        pieces = [p.strip() for p in part.split(";")]
+        mime = pieces[0].lower()
+        if mime not in (BSON_STREAM, NDJSON, "application/json", "*/*"):
+            continue
+        q = 1.0
+        for p in pieces[1:]:
+            if p.startswith("q="):
+                try:
+                    q = float(p[2:])
+                except ValueError:
+                    q = 0.0
+        if best is None or q > best[0]:
+            best = (q, mime)
+    return best is not None and best[1] == BSON_STREAM and best[0] > 0
+
+
+def encode_ndjson(line: dict[str, Any]) -> bytes:
+    return orjson.dumps(line) + b"\n"
+
+
+def encode_bson(line: dict[str, Any]) -> bytes:
+    return bson.encode(line)
+
+
+def nest_row_data(line: dict[str, Any]) -> dict[str, Any]:
+    """For legacy clients (``raw_data: false``): row data as nested objects instead of JSON strings."""
+    data = line.get("data")
+    if isinstance(data, dict):
+        for entry in data.get("data", ()):
+            if isinstance(entry.get("data"), str):
+                entry["data"] = orjson.loads(entry["data"])
+    return line

@@ -1,0 +1,253 @@
+"""The sync session: one per client connection, shared by the HTTP and WebSocket transports.
+
+``await session.prepare()`` resolves the bucket set (errors here become HTTP 400 / RSocket errors before any
+line is sent); ``session.lines()`` then yields sync lines as dicts: a full ``checkpoint``, ``data`` pages from
+each bucket's position up to the checkpoint (highest priority first, ``partial_checkpoint_complete`` between
+priorities), ``checkpoint_complete``; then a ``checkpoint_diff`` for every later checkpoint that changes
+something for this connection; ``token_expires_in`` keepalives; the stream ends when the token expires or
+the bucket definitions change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+from . import storage
+from .auth import TokenClaims
+from .checksums import to_signed
+from .conf import get_config
+from .notify import Changes, get_hub
+from .protocol import ProtocolError, SyncRequest
+from .rules import Rules, get_rules
+
+logger = logging.getLogger(__name__)
+
+TOO_MANY_BUCKETS = "PSYNC_S2305"
+EXPIRY_WARNING_SECONDS = 20
+
+
+class SyncSession:
+    """State of one client's sync stream."""
+
+    def __init__(self, claims: TokenClaims, request: SyncRequest, *, keepalive: bool = True,
+                 using: str = "default") -> None:
+        self.claims = claims
+        self.request = request
+        self.keepalive = keepalive
+        self.using = using
+        self.config = get_config()
+        self.rules: Rules = get_rules()
+        self.wc_key = storage.write_checkpoint_key(claims.user_id, request.client_id)
+        # bucket -> (definition, priority) the user is entitled to
+        self.entitled: dict[str, tuple[str, int]] = {}
+        # bucket -> op id the client has (or will have) everything up to
+        self.positions: dict[str, int] = dict(request.buckets)
+        # bucket -> (checksum, count) last sent on this connection
+        self.sent: dict[str, tuple[int, int]] = {}
+        self.write_checkpoint = 0
+        self.version = 0
+        self.cursor = 0
+        self.hub = None
+
+    # --- setup ---------------------------------------------------------------------------------
+
+    async def prepare(self) -> None:
+        """Resolve the bucket set. Raises ProtocolError (too many buckets) before the stream starts."""
+        self.hub = get_hub(self.using)
+        self.cursor = await self.hub.ready()
+        state = await storage.run(storage.read_checkpoint, [], self.using)
+        self.version = state.rules_version
+        self.entitled = await self._resolve_buckets()
+
+    async def _resolve_buckets(self) -> dict[str, tuple[str, int]]:
+        buckets = await storage.run(
+            self.rules.request_buckets, self.claims.claims, self.request.parameters, self.version
+        )
+        limit = self.config["MAX_BUCKETS_PER_CONNECTION"]
+        if len(buckets) > limit:
+            top = Counter(d for d, _ in buckets.values()).most_common(3)
+            names = ", ".join(f"{d} ({n})" for d, n in top)
+            raise ProtocolError(
+                f"Too many buckets: {len(buckets)} (limit {limit})", code=TOO_MANY_BUCKETS,
+                details=f"Definitions producing the most buckets: {names}",
+            )
+        return buckets
+
+    # --- lines ---------------------------------------------------------------------------------
+
+    async def lines(self) -> AsyncIterator[dict[str, Any]]:
+        """Yield sync lines until the token expires, the definitions change or the consumer stops."""
+        if self.claims.expires_in() <= 0:
+            yield {"token_expires_in": 0}
+            return
+        if self.hub is None:
+            await self.prepare()
+        state = await storage.run(storage.read_checkpoint, sorted(self.entitled), self.using)
+        if state.rules_version != self.version:
+            return
+        self.write_checkpoint = await storage.run(storage.replicated_write_checkpoint, self.wc_key, self.using)
+        buckets = [self._bucket_entry(b, state) for b in sorted(self.entitled)]
+        line: dict[str, Any] = {"last_op_id": str(state.last_op_id), "buckets": buckets}
+        if self.write_checkpoint:
+            line["write_checkpoint"] = str(self.write_checkpoint)
+        line["streams"] = [{"name": d, "is_default": True, "errors": []} for d in self.rules.definitions]
+        yield {"checkpoint": line}
+        # Buckets the client holds but may not have: it deletes them when they are missing above.
+        self.positions = {b: p for b, p in self.positions.items() if b in self.entitled}
+        pending_recheck = False
+        async for out in self._send_data(state, list(self.entitled)):
+            if out is _INVALIDATED:
+                pending_recheck = True
+            else:
+                yield out
+
+        next_keepalive = time.monotonic() + self._keepalive_interval()
+        while True:
+            expires_in = self.claims.expires_in()
+            if expires_in <= 0:
+                yield {"token_expires_in": 0}
+                return
+            now = time.monotonic()
+            wait = max(0.0, min(next_keepalive - now, expires_in - EXPIRY_WARNING_SECONDS
+                                if expires_in > EXPIRY_WARNING_SECONDS else expires_in))
+            changes = Changes.everything(self.cursor) if pending_recheck else await self.hub.wait_changes(self.cursor, wait)
+            pending_recheck = False
+            if changes is None:
+                if time.monotonic() >= next_keepalive or 0 < self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
+                    if self.keepalive or self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
+                        yield {"token_expires_in": max(0, self.claims.expires_in())}
+                    next_keepalive = time.monotonic() + self._keepalive_interval()
+                    if 0 < self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
+                        # Warned once; next wake-up is the expiry itself.
+                        next_keepalive = time.monotonic() + self.claims.expires_in()
+                continue
+            self.cursor = changes.last_id
+            diff = await self._diff(changes)
+            if diff is None:
+                return  # definitions changed: end the stream, the client reconnects
+            line, state, to_fetch = diff
+            if line is None:
+                continue
+            yield {"checkpoint_diff": line}
+            async for out in self._send_data(state, to_fetch):
+                if out is _INVALIDATED:
+                    pending_recheck = True
+                else:
+                    yield out
+
+    def _keepalive_interval(self) -> float:
+        return float(self.config["KEEPALIVE_SECONDS"])
+
+    def _bucket_entry(self, bucket: str, state: storage.CheckpointState) -> dict[str, Any]:
+        cs = state.buckets.get(bucket)
+        checksum, count = (cs.checksum, cs.count) if cs else (0, 0)
+        self.sent[bucket] = (checksum, count)
+        definition, priority = self.entitled[bucket]
+        return {"bucket": bucket, "checksum": to_signed(checksum), "count": count, "priority": priority,
+                "subscriptions": [{"default": list(self.rules.definitions).index(definition)}]}
+
+    async def _diff(
+        self, changes: Changes
+    ) -> tuple[dict[str, Any] | None, storage.CheckpointState | None, list[str]] | None:
+        """(diff line or None if nothing changed for us, state, buckets to fetch); None if definitions changed."""
+        entitled = self.entitled
+        if changes.touches_models(self.rules.parameter_models):
+            entitled = await self._resolve_buckets()
+        set_changed = entitled.keys() != self.entitled.keys()
+        if changes.buckets is None:
+            candidates = list(entitled)
+        else:
+            candidates = [b for b in entitled if b in changes.buckets or b not in self.entitled]
+        wc_touched = changes.touches_key(self.wc_key)
+        if not candidates and not set_changed and not wc_touched:
+            return None, None, []
+        state = await storage.run(storage.read_checkpoint, candidates, self.using)
+        if state.rules_version != self.version:
+            return None
+        wc = self.write_checkpoint
+        if wc_touched:
+            wc = await storage.run(storage.replicated_write_checkpoint, self.wc_key, self.using)
+        removed = sorted(set(self.entitled) - set(entitled))
+        self.entitled = entitled
+        updated = []
+        for b in candidates:
+            cs = state.buckets.get(b)
+            now = (cs.checksum, cs.count) if cs else (0, 0)
+            if self.sent.get(b) != now or b not in self.sent:
+                updated.append(self._bucket_entry(b, state))
+        for b in removed:
+            self.sent.pop(b, None)
+            self.positions.pop(b, None)
+        if not updated and not removed and wc == self.write_checkpoint:
+            return None, state, []
+        self.write_checkpoint = wc
+        line: dict[str, Any] = {"last_op_id": str(state.last_op_id)}
+        if wc:
+            line["write_checkpoint"] = str(wc)
+        line["updated_buckets"] = updated
+        line["removed_buckets"] = removed
+        return line, state, [u["bucket"] for u in updated]
+
+    async def _send_data(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[Any]:
+        """Data lines for ``buckets`` up to the checkpoint, by priority, then the completion line."""
+        upto = state.last_op_id
+        limit = self.config["OPS_PER_DATA_LINE"]
+        by_priority: dict[int, list[str]] = {}
+        for b in buckets:
+            by_priority.setdefault(self.entitled[b][1], []).append(b)
+        priorities = sorted(by_priority)
+        valid = True
+        for index, priority in enumerate(priorities):
+            for bucket in sorted(by_priority[priority]):
+                cs = state.buckets.get(bucket)
+                after = self.positions.get(bucket, 0)
+                if cs is None or cs.last_op_id <= after:
+                    continue
+                while True:
+                    rows = await storage.run(storage.read_ops, bucket, after, upto, limit, self.using)
+                    if not rows:
+                        break
+                    has_more = len(rows) == limit
+                    next_after = rows[-1][0]
+                    yield {"data": {"bucket": bucket, "after": str(after), "has_more": has_more,
+                                    "data": [_entry(r) for r in rows], "next_after": str(next_after)}}
+                    after = next_after
+                    self.positions[bucket] = after
+                    if not has_more:
+                        break
+                if cs.compacted_to > upto or (
+                    await storage.run(storage.bucket_compacted_to, bucket, self.using)
+                ) > upto:
+                    valid = False
+            if not valid:
+                yield _INVALIDATED
+                return
+            if index < len(priorities) - 1:
+                yield {"partial_checkpoint_complete": {"last_op_id": str(upto), "priority": priority}}
+        yield {"checkpoint_complete": {"last_op_id": str(upto)}}
+
+
+_INVALIDATED = object()
+
+
+def _entry(row: tuple) -> dict[str, Any]:
+    op_id, op, object_type, object_id, data, checksum = row
+    if op == "PUT":
+        return {"op_id": str(op_id), "op": op, "object_type": object_type, "object_id": object_id,
+                "checksum": checksum, "subkey": None, "data": data}
+    if op == "REMOVE":
+        return {"op_id": str(op_id), "op": op, "object_type": object_type, "object_id": object_id,
+                "checksum": checksum, "subkey": None, "data": None}
+    return {"op_id": str(op_id), "op": op, "checksum": checksum}
+
+
+async def aclose_quietly(gen: Any) -> None:
+    try:
+        await gen.aclose()
+    except (Exception, asyncio.CancelledError):
+        logger.debug("powersync: closing a sync session failed", exc_info=True)

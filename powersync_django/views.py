@@ -1,0 +1,153 @@
+"""HTTP endpoints: the streaming sync view and write checkpoints. Thin: the work is in sync.py/storage.py."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import zlib
+from collections.abc import AsyncIterator, Callable
+from functools import wraps
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
+from django.views.decorators.csrf import csrf_exempt
+
+from . import storage
+from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
+from .conf import get_config
+from .protocol import (
+    BSON_STREAM,
+    NDJSON,
+    ProtocolError,
+    encode_bson,
+    encode_ndjson,
+    nest_row_data,
+    parse_json_request,
+    prefers_bson,
+)
+from .sync import SyncSession, aclose_quietly
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_HEADERS = "Content-Type, Authorization, User-Agent, X-User-Agent"
+
+
+def error_response(body: dict[str, Any], status: int) -> JsonResponse:
+    return JsonResponse(body, status=status)
+
+
+def _cors(request: HttpRequest, response: HttpResponse) -> HttpResponse:
+    allowed = get_config()["CORS_ALLOWED_ORIGINS"]
+    origin = request.headers.get("Origin")
+    if allowed == "*":
+        response["Access-Control-Allow-Origin"] = "*"
+    elif origin and origin in allowed:
+        response["Access-Control-Allow-Origin"] = origin
+        response["Vary"] = "Origin"
+    response["Access-Control-Expose-Headers"] = "Content-Type"
+    return response
+
+
+def cors(methods: str) -> Callable:
+    """Answer CORS preflights and add CORS headers (protocol.md §3.4)."""
+
+    def decorator(view: Callable) -> Callable:
+        @wraps(view)
+        async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
+            if request.method == "OPTIONS":
+                response = HttpResponse(status=204)
+                response["Access-Control-Allow-Methods"] = f"{methods}, OPTIONS"
+                response["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
+                response["Access-Control-Max-Age"] = "3600"
+                return _cors(request, response)
+            if request.method not in methods.split(", "):
+                body = {"error": {"code": "PSYNC_S2002", "status": 405, "description": "Method not allowed",
+                                  "name": "RouteNotFound"}}
+                return _cors(request, error_response(body, 405))
+            return _cors(request, await view(request, *args, **kwargs))
+
+        return csrf_exempt(wrapped)
+
+    return decorator
+
+
+async def authenticate(request: HttpRequest) -> TokenClaims:
+    token = parse_authorization_header(request.headers.get("Authorization"))
+    if get_config()["JWT"]["JWKS_URL"]:
+        return await asyncio.to_thread(verify_token, token)  # may fetch keys over the network
+    return verify_token(token)
+
+
+@cors("POST")
+async def sync_stream(request: HttpRequest) -> HttpResponse:
+    """``POST /sync/stream``: the streaming sync session (NDJSON or BSON, optionally gzip)."""
+    try:
+        claims = await authenticate(request)
+    except AuthError as exc:
+        return error_response(exc.as_json(), exc.status)
+    try:
+        limit = get_config()["MAX_REQUEST_BYTES"]
+        if int(request.headers.get("Content-Length") or 0) > limit:
+            raise ProtocolError("Request body too large", status=413)
+        body = request.body
+        if len(body) > limit:
+            raise ProtocolError("Request body too large", status=413)
+        sync_request = parse_json_request(body)
+        session = SyncSession(claims, sync_request)
+        await session.prepare()
+    except ProtocolError as exc:
+        return error_response(exc.as_json(), exc.status)
+
+    bson = prefers_bson(request.headers.get("Accept", ""))
+    encode = encode_bson if bson else encode_ndjson
+    if not sync_request.raw_data and not bson:
+        plain = encode
+
+        def encode(line: dict[str, Any]) -> bytes:
+            return plain(nest_row_data(line))
+
+    gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
+    response = StreamingHttpResponse(_stream(session, encode, gzip), content_type=BSON_STREAM if bson else NDJSON)
+    # Exactly the BSON MIME type, without a charset: clients compare it literally.
+    response["Content-Type"] = BSON_STREAM if bson else NDJSON
+    response["X-Accel-Buffering"] = "no"
+    response["Cache-Control"] = "no-cache"
+    if gzip:
+        response["Content-Encoding"] = "gzip"
+        response["Vary"] = "Accept-Encoding"
+    return response
+
+
+async def _stream(session: SyncSession, encode: Callable[[dict], bytes], gzip: bool) -> AsyncIterator[bytes]:
+    compressor = zlib.compressobj(get_config()["GZIP_LEVEL"], zlib.DEFLATED, 31) if gzip else None
+    lines = session.lines()
+    try:
+        async for line in lines:
+            chunk = encode(line)
+            if compressor is not None:
+                # A sync flush per line: compressed, yet no line waits for the next one.
+                chunk = compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            yield chunk
+        if compressor is not None:
+            yield compressor.flush(zlib.Z_FINISH)
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        # Headers are sent: all we can do is end the body; the client retries.
+        logger.exception("powersync: sync stream failed")
+    finally:
+        await aclose_quietly(lines)
+
+
+@cors("GET")
+async def write_checkpoint(request: HttpRequest) -> HttpResponse:
+    """``GET /write-checkpoint2.json?client_id=…``: the next write checkpoint of this user and client."""
+    try:
+        claims = await authenticate(request)
+    except AuthError as exc:
+        return error_response(exc.as_json(), exc.status)
+    client_id = request.GET.get("client_id") or None
+    if client_id is not None and len(client_id) > 200:
+        return error_response(ProtocolError("client_id is too long").as_json(), 400)
+    counter = await storage.run(storage.create_write_checkpoint, claims.user_id, client_id)
+    return JsonResponse({"data": {"write_checkpoint": str(counter)}})
