@@ -1,0 +1,44 @@
+"""Test configuration: SQLite by default, PostgreSQL when DATABASE_URL points at one.
+
+The suite runs twice in CI (see the Makefile): once on SQLite, once on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.db import connection
+
+from powersync_django import notify, storage
+from powersync_django.replication import replicate_now
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "postgres: needs PostgreSQL (skipped on SQLite runs)")
+    config.addinivalue_line("markers", "e2e: drives the official @powersync/node client against a live server")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    from django.conf import settings
+
+    on_pg = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+    for item in items:
+        if "postgres" in item.keywords and not on_pg:
+            item.add_marker(pytest.mark.skip(reason="PostgreSQL-only test; runs in the PostgreSQL pass"))
+
+
+@pytest.fixture
+def vendor() -> str:
+    return connection.vendor
+
+
+@pytest.fixture
+def replicate():
+    """Replicate everything pending (as the background replicator would)."""
+    return replicate_now
+
+
+@pytest.fixture(autouse=True)
+def _fresh_hubs():
+    """Each test gets a fresh checkpoint hub (they are per event loop)."""
+    yield
+    notify._hubs.clear()
