@@ -25,7 +25,7 @@ class OutboxEntry(models.Model):
     model = models.CharField(max_length=100)
     object_pk = models.CharField(max_length=255)
     op = models.CharField(max_length=1)
-    snapshot = models.TextField(null=True)
+    snapshot = models.TextField(null=True)  # noqa: DJ001  (NULL differs from "")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -47,14 +47,14 @@ class BucketOp(models.Model):
     op_id = models.BigIntegerField(primary_key=True)
     bucket = models.CharField(max_length=500)
     op = models.CharField(max_length=6)
-    object_type = models.CharField(max_length=200, null=True)
-    object_id = models.CharField(max_length=255, null=True)
+    object_type = models.CharField(max_length=200, null=True)  # noqa: DJ001  (NULL differs from "")
+    object_id = models.CharField(max_length=255, null=True)  # noqa: DJ001  (NULL differs from "")
     # JSON text of the row, exactly as sent to clients (PUT only).
-    data = models.TextField(null=True)
+    data = models.TextField(null=True)  # noqa: DJ001  (NULL differs from "")
     # Unsigned 32-bit checksum of this op.
     checksum = models.BigIntegerField()
     # For MOVE/CLEAR written by compaction: the op id current when the op was rewritten.
-    target_op = models.BigIntegerField(null=True)
+    target_op = models.BigIntegerField(null=True)  # noqa: DJ001  (NULL differs from "")
 
     class Meta:
         indexes = [models.Index(fields=["bucket", "op_id"], name="ps_op_bucket_op_id")]
@@ -104,7 +104,7 @@ class Checkpoint(models.Model):
     last_op_id = models.BigIntegerField()
     outbox_position = models.BigIntegerField(default=0)
     # JSON list of buckets changed by this batch, or null when too many to list (treat as "any").
-    changed_buckets = models.TextField(null=True)
+    changed_buckets = models.TextField(null=True)  # noqa: DJ001  (NULL differs from "")
     # JSON list of model labels changed by this batch (parameter querysets depend on these).
     changed_models = models.TextField(default="[]")
     # JSON list of write checkpoint keys (`user/client`) that became reportable.

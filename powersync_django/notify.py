@@ -136,12 +136,12 @@ class CheckpointHub:
         await self._ready.wait()
         return self.latest_id
 
-    async def wait_changes(self, after_id: int, timeout: float) -> Changes | None:
-        """Changes of the checkpoints after ``after_id``; None if nothing new within ``timeout``."""
+    async def wait_changes(self, after_id: int, max_wait: float) -> Changes | None:
+        """Changes of the checkpoints after ``after_id``; None if nothing new within ``max_wait``."""
         if self.latest_id <= after_id:
             waiter = self._changed
             try:
-                await asyncio.wait_for(waiter.wait(), timeout)
+                await asyncio.wait_for(waiter.wait(), max_wait)
             except TimeoutError:
                 return None
         if self.latest_id <= after_id:

@@ -253,6 +253,13 @@ class Replicator:
         db = self.using
         started = time.monotonic()
         version = state.rules_version + 1
+        # Entries visible now are older than the rows read below, so the build includes their effect:
+        # they are consumed by it (markers still advance their write checkpoints).
+        consumed = list(OutboxEntry.objects.using(db).values_list("id", "op", "object_pk", "snapshot"))
+        markers: dict[str, int] = {}
+        for _, op, key, counter in consumed:
+            if op == OutboxEntry.MARKER:
+                markers[key] = max(markers.get(key, 0), int(counter or 0))
         BucketOp.objects.using(db).all().delete()
         BucketState.objects.using(db).all().delete()
         RowBuckets.objects.using(db).all().delete()
@@ -272,12 +279,18 @@ class Replicator:
                     self._flush_rebuild(batch, memberships)
                     memberships = {}
             self._flush_rebuild(batch, memberships)
+        ids = [row[0] for row in consumed]
+        for start in range(0, len(ids), 500):
+            OutboxEntry.objects.using(db).filter(id__in=ids[start:start + 500]).delete()
+        self._apply_markers(markers)
+        if ids:
+            state.outbox_position = max(state.outbox_position, max(ids))
         state.last_op_id = batch.next_op - 1
         state.rules_version = version
         state.rules_hash = rules.hash
         # Streams see the version change in this checkpoint and reconnect.
-        checkpoint = self._checkpoint(state, [], [m._meta.label_lower for m in rules.models] + sorted(rules.parameter_models), [],
-                         any_bucket=True)
+        checkpoint = self._checkpoint(state, [], [m._meta.label_lower for m in rules.models] + sorted(rules.parameter_models),
+                                      markers, any_bucket=True)
         logger.info("powersync: built bucket storage version %s from %s rows in %.1f s", version, rows,
                     time.monotonic() - started)
         return checkpoint

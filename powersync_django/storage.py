@@ -34,6 +34,27 @@ def _get_executor() -> ThreadPoolExecutor:
         return _executor
 
 
+def _close_connections(barrier: threading.Barrier) -> None:
+    connections.close_all()
+    try:
+        barrier.wait(timeout=1.0)  # hold this thread so each thread runs one of these jobs
+    except threading.BrokenBarrierError:
+        pass
+
+
+def shutdown() -> None:
+    """Close the database connections of the storage threads and stop them (tests, shutdown hooks)."""
+    global _executor
+    with _executor_lock:
+        executor, _executor = _executor, None
+    if executor is not None:
+        workers = executor._max_workers
+        barrier = threading.Barrier(workers)
+        for _ in range(workers):
+            executor.submit(_close_connections, barrier)
+        executor.shutdown(wait=True)
+
+
 def _call(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
     for conn in connections.all(initialized_only=True):
         conn.close_if_unusable_or_obsolete()

@@ -37,6 +37,13 @@ def replicate():
     return replicate_now
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _close_storage_threads(django_db_setup):
+    """Storage threads keep database connections: close them before the test database is dropped."""
+    yield
+    storage.shutdown()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_hubs():
     """Each test gets a fresh checkpoint hub (they are per event loop)."""

@@ -30,7 +30,7 @@ def test_row_buckets_of_demo_definitions():
     assert bucket == f'1#list_todos["{list_id}"]'
     assert table == "todos"
     assert object_id == str(row["id"])
-    assert '"completed":1' in data and '"list_id":"%s"' % list_id in data
+    assert '"completed":1' in data and f'"list_id":"{list_id}"' in data
     assert r.row_buckets("todos.todo", None, 1) == []
 
 
@@ -54,7 +54,7 @@ def test_static_filters_and_global_bucket():
     row = {"id": uuid.uuid4(), "description": "x", "completed": False}
     [(bucket, table, _, data)] = r.row_buckets("todos.todo", row, 0)
     assert (bucket, table) == ("open[]", "open_todos")
-    assert data == '{"id":"%s","description":"x"}' % row["id"]
+    assert data == '{"id":"' + str(row["id"]) + '","description":"x"}'
     assert r.row_buckets("todos.todo", {**row, "completed": True}, 0) == []
     assert r.request_buckets({"sub": "x"}, {}, 0) == {"open[]": ("open", 1)}
 

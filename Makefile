@@ -1,0 +1,39 @@
+# Two commands: `make demo` (install + demo server on SQLite) and `make test` (install + whole test suite).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+
+.PHONY: demo test install lint test-sqlite test-postgres e2e-deps bench
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test,redis]'
+	touch $@
+
+install: $(VENV)/.installed
+
+e2e-deps:
+	cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error
+
+demo: install
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py demo_seed --owner demo --lists 3 --todos-per-list 5 --if-empty
+	@echo "A token for user 'demo' (paste into your app's fetchCredentials):"
+	@$(PY) manage.py powersync_token demo --ttl 86400 2>/dev/null | tail -n 1
+	$(PY) manage.py runserver 127.0.0.1:8000
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+test-sqlite: install e2e-deps
+	$(PY) -m pytest
+
+test-postgres: install e2e-deps
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest
+
+test: lint test-sqlite test-postgres
+
+bench: install e2e-deps
+	$(PY) bench/initial_sync.py
