@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from django.db import close_old_connections, connections, models, transaction
+from django.db import connections, models, transaction
 
 from . import checksums, notify
 from .capture import OUTBOX_CHANNEL
@@ -371,6 +371,8 @@ class ReplicatorWorker:
         self.wake_event.set()
 
     def run(self) -> None:
+        from .storage import drop_broken_connections
+
         notify.register_replicator_wakeup(self.wake_event)
         listener = _OutboxListener(self.using) if connections[self.using].vendor == "postgresql" else None
         holding = False
@@ -378,7 +380,7 @@ class ReplicatorWorker:
         try:
             while not self.stop_event.is_set():
                 try:
-                    close_old_connections()
+                    drop_broken_connections()
                     if not holding:
                         holding = self.replicator.try_acquire()
                         if not holding:

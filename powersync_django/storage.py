@@ -55,9 +55,21 @@ def shutdown() -> None:
         executor.shutdown(wait=True)
 
 
-def _call(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+def drop_broken_connections() -> None:
+    """Close this thread's connections that saw an error and are no longer usable.
+
+    Long-lived threads (storage readers, the replicator) keep their connection: CONN_MAX_AGE is for
+    request/response cycles and would make them reconnect for every page.
+    """
     for conn in connections.all(initialized_only=True):
-        conn.close_if_unusable_or_obsolete()
+        if conn.errors_occurred:
+            if conn.connection is not None and not conn.is_usable():
+                conn.close()
+            conn.errors_occurred = False
+
+
+def _call(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    drop_broken_connections()
     return fn(*args, **kwargs)
 
 
@@ -145,11 +157,16 @@ def read_checkpoint(buckets: list[str], using: str = "default") -> CheckpointSta
     return CheckpointState(last_op_id, version, out)
 
 
-def bucket_compacted_to(bucket: str, using: str = "default") -> int:
+def max_compacted_to(buckets: list[str], using: str = "default") -> int:
+    """The newest checkpoint any of these buckets was compacted against (0 if never)."""
+    best = 0
     with connections[using].cursor() as cursor:
-        cursor.execute(f"SELECT compacted_to FROM {_table(BucketState)} WHERE bucket = %s", [bucket])
-        row = cursor.fetchone()
-    return int(row[0]) if row else 0
+        for start in range(0, len(buckets), 500):
+            chunk = buckets[start:start + 500]
+            marks = ",".join(["%s"] * len(chunk))
+            cursor.execute(f"SELECT MAX(compacted_to) FROM {_table(BucketState)} WHERE bucket IN ({marks})", chunk)
+            best = max(best, int(cursor.fetchone()[0] or 0))
+    return best
 
 
 def read_ops(bucket: str, after: int, upto: int, limit: int, using: str = "default") -> list[tuple]:

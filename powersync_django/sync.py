@@ -194,42 +194,60 @@ class SyncSession:
         return line, state, [u["bucket"] for u in updated]
 
     async def _send_data(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[Any]:
-        """Data lines for ``buckets`` up to the checkpoint, by priority, then the completion line."""
+        """Data lines for ``buckets`` up to the checkpoint, by priority, then the completion line.
+
+        Pages are read ahead by a producer task (at most two pages in memory), so database reads overlap
+        with encoding and sending.
+        """
         upto = state.last_op_id
-        limit = self.config["OPS_PER_DATA_LINE"]
         by_priority: dict[int, list[str]] = {}
         for b in buckets:
-            by_priority.setdefault(self.entitled[b][1], []).append(b)
+            cs = state.buckets.get(b)
+            if cs is not None and cs.last_op_id > self.positions.get(b, 0):
+                by_priority.setdefault(self.entitled[b][1], []).append(b)
         priorities = sorted(by_priority)
-        valid = True
         for index, priority in enumerate(priorities):
-            for bucket in sorted(by_priority[priority]):
-                cs = state.buckets.get(bucket)
-                after = self.positions.get(bucket, 0)
-                if cs is None or cs.last_op_id <= after:
-                    continue
-                while True:
-                    rows = await storage.run(storage.read_ops, bucket, after, upto, limit, self.using)
-                    if not rows:
-                        break
-                    has_more = len(rows) == limit
-                    next_after = rows[-1][0]
-                    yield {"data": {"bucket": bucket, "after": str(after), "has_more": has_more,
-                                    "data": [_entry(r) for r in rows], "next_after": str(next_after)}}
-                    after = next_after
-                    self.positions[bucket] = after
-                    if not has_more:
-                        break
-                if cs.compacted_to > upto or (
-                    await storage.run(storage.bucket_compacted_to, bucket, self.using)
-                ) > upto:
-                    valid = False
-            if not valid:
-                yield _INVALIDATED
+            group = sorted(by_priority[priority])
+            async for line in self._pages(state, group):
+                yield line
+            if group and await storage.run(storage.max_compacted_to, group, self.using) > upto:
+                yield _INVALIDATED  # compacted past this checkpoint while we read it (protocol.md §10.5)
                 return
             if index < len(priorities) - 1:
                 yield {"partial_checkpoint_complete": {"last_op_id": str(upto), "priority": priority}}
         yield {"checkpoint_complete": {"last_op_id": str(upto)}}
+
+    async def _pages(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[dict[str, Any]]:
+        upto = state.last_op_id
+        limit = self.config["OPS_PER_DATA_LINE"]
+        queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+
+        async def produce() -> None:
+            for bucket in buckets:
+                after = self.positions.get(bucket, 0)
+                bucket_last = state.buckets[bucket].last_op_id
+                while after < bucket_last:
+                    rows = await storage.run(storage.read_ops, bucket, after, upto, limit, self.using)
+                    if not rows:
+                        break
+                    await queue.put((bucket, after, rows))
+                    after = rows[-1][0]
+            await queue.put(None)
+
+        producer = asyncio.create_task(produce())
+        try:
+            while (item := await queue.get()) is not None:
+                bucket, after, rows = item
+                next_after = rows[-1][0]
+                has_more = next_after < state.buckets[bucket].last_op_id
+                yield {"data": {"bucket": bucket, "after": str(after), "has_more": has_more,
+                                "data": [_entry(r) for r in rows], "next_after": str(next_after)}}
+                self.positions[bucket] = next_after
+            await producer
+        finally:
+            if not producer.done():
+                producer.cancel()
+                await asyncio.gather(producer, return_exceptions=True)
 
 
 _INVALIDATED = object()
