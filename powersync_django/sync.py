@@ -115,8 +115,11 @@ class SyncSession:
             now = time.monotonic()
             wait = max(0.0, min(next_keepalive - now, expires_in - EXPIRY_WARNING_SECONDS
                                 if expires_in > EXPIRY_WARNING_SECONDS else expires_in))
-            changes = Changes.everything(self.cursor) if pending_recheck else await self.hub.wait_changes(self.cursor, wait)
-            pending_recheck = False
+            if pending_recheck:
+                changes = self.hub.changes_since(self.cursor) if self.hub.latest_id > self.cursor else None
+                changes = changes or Changes.everything(self.cursor)
+            else:
+                changes = await self.hub.wait_changes(self.cursor, wait)
             if changes is None:
                 if time.monotonic() >= next_keepalive or 0 < self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
                     if self.keepalive or self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
@@ -127,7 +130,8 @@ class SyncSession:
                         next_keepalive = time.monotonic() + self.claims.expires_in()
                 continue
             self.cursor = changes.last_id
-            diff = await self._diff(changes)
+            diff = await self._diff(changes, force=pending_recheck)
+            pending_recheck = False
             if diff is None:
                 return  # definitions changed: end the stream, the client reconnects
             line, state, to_fetch = diff
@@ -152,9 +156,12 @@ class SyncSession:
                 "subscriptions": [{"default": list(self.rules.definitions).index(definition)}]}
 
     async def _diff(
-        self, changes: Changes
+        self, changes: Changes, force: bool = False
     ) -> tuple[dict[str, Any] | None, storage.CheckpointState | None, list[str]] | None:
-        """(diff line or None if nothing changed for us, state, buckets to fetch); None if definitions changed."""
+        """(diff line or None if nothing changed for us, state, buckets to fetch); None if definitions changed.
+
+        ``force``: the last checkpoint was not completed (invalidated), so a diff is sent even if empty.
+        """
         entitled = self.entitled
         if changes.touches_models(self.rules.parameter_models):
             entitled = await self._resolve_buckets()
@@ -164,7 +171,7 @@ class SyncSession:
         else:
             candidates = [b for b in entitled if b in changes.buckets or b not in self.entitled]
         wc_touched = changes.touches_key(self.wc_key)
-        if not candidates and not set_changed and not wc_touched:
+        if not candidates and not set_changed and not wc_touched and not force:
             return None, None, []
         state = await storage.run(storage.read_checkpoint, candidates, self.using)
         if state.rules_version != self.version:
@@ -183,7 +190,7 @@ class SyncSession:
         for b in removed:
             self.sent.pop(b, None)
             self.positions.pop(b, None)
-        if not updated and not removed and wc == self.write_checkpoint:
+        if not updated and not removed and wc == self.write_checkpoint and not force:
             return None, state, []
         self.write_checkpoint = wc
         line: dict[str, Any] = {"last_op_id": str(state.last_op_id)}
