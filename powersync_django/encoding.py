@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 import orjson
+from django.core.exceptions import ValidationError
 from django.db import models
 from django.utils import timezone
 
@@ -33,10 +34,13 @@ def format_datetime(value: datetime.datetime, iso: bool) -> str:
 
 def encode_value(value: Any, field: models.Field | None = None) -> Any:
     """Encode one Python value for a client's SQLite column (a JSON scalar)."""
-    if value is None or isinstance(value, str):
+    if value is None:
         return value
     if isinstance(field, models.JSONField):
+        # Any JSON value, a string included, becomes its JSON text.
         return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    if isinstance(value, str):
+        return value
     if isinstance(value, bool):
         return int(value)
     if isinstance(value, int | float):
@@ -64,6 +68,12 @@ def snapshot_value(field: models.Field, value: Any) -> Any:
         return None
     if isinstance(field, models.JSONField):
         return {"json": value}
+    if isinstance(field, models.DecimalField) and field.decimal_places is not None:
+        # The database keeps decimal_places digits (1.5 is stored and read back as 1.50).
+        try:
+            return str(field.to_python(value).quantize(decimal.Decimal(1).scaleb(-field.decimal_places)))
+        except (decimal.InvalidOperation, ValidationError):
+            return str(value)
     if isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, datetime.datetime | datetime.date | datetime.time):
