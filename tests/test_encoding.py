@@ -1,0 +1,144 @@
+"""Value encoding for client rows (README "Value encoding") and the lossless outbox snapshot."""
+
+from __future__ import annotations
+
+import datetime
+import decimal
+import uuid
+import zoneinfo
+
+import orjson
+import pytest
+from django.db import models
+from django.test import override_settings
+
+from powersync_django.conf import get_config
+from powersync_django.encoding import encode_value, format_datetime, snapshot_to_python, snapshot_value
+
+UTC = datetime.UTC
+PARIS = zoneinfo.ZoneInfo("Europe/Paris")
+
+
+@pytest.mark.parametrize(
+    ("value", "field", "expected"),
+    [
+        ("plain text", models.CharField(), "plain text"),
+        ("", models.TextField(), ""),
+        (uuid.UUID("6f1c2b0e-0d4e-4a4b-9a43-2f0b2d8f9c11"), models.UUIDField(), "6f1c2b0e-0d4e-4a4b-9a43-2f0b2d8f9c11"),
+        (True, models.BooleanField(), 1),
+        (False, models.BooleanField(), 0),
+        (42, models.IntegerField(), 42),
+        (-7, models.BigIntegerField(), -7),
+        (1.25, models.FloatField(), 1.25),
+        (datetime.date(2026, 2, 3), models.DateField(), "2026-02-03"),
+        (datetime.time(7, 8, 9), models.TimeField(), "07:08:09"),
+        (datetime.time(7, 8, 9, 120), models.TimeField(), "07:08:09.000120"),
+        (decimal.Decimal("12.50"), models.DecimalField(max_digits=6, decimal_places=2), "12.50"),
+        ({"b": 1, "a": [1, "x"]}, models.JSONField(), '{"a":[1,"x"],"b":1}'),
+        ([1, 2], models.JSONField(), "[1,2]"),
+        (7, models.JSONField(), "7"),
+        (True, models.JSONField(), "true"),
+        (b"\x00\x01hi", models.BinaryField(), "AAFoaQ=="),
+        (memoryview(b"\xff"), models.BinaryField(), "/w=="),
+        (datetime.timedelta(minutes=1, microseconds=500), models.DurationField(), 60.0005),
+        (None, models.CharField(null=True), None),
+        (None, models.JSONField(null=True), None),
+        (None, models.DateTimeField(null=True), None),
+    ],
+)
+def test_encode_value_mapping(value, field, expected):
+    got = encode_value(value, field)
+    assert got == expected and type(got) is type(expected)
+
+
+def test_json_field_holding_a_string_is_json_text():
+    # The column holds JSON text whatever the JSON value is: a string must come out quoted, like a dict does.
+    assert encode_value("abc", models.JSONField()) == '"abc"'
+    assert encode_value("", models.JSONField()) == '""'
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        # The reference service trims trailing zeros of the microseconds.
+        (datetime.datetime(2026, 11, 26, 5, 44, 48, 11390, tzinfo=UTC), "2026-11-26 05:44:48.01139Z"),
+        (datetime.datetime(2026, 11, 26, 5, 44, 47, 992823, tzinfo=UTC), "2026-11-26 05:44:47.992823Z"),
+        (datetime.datetime(2026, 11, 26, 5, 44, 48, 100000, tzinfo=UTC), "2026-11-26 05:44:48.1Z"),
+        (datetime.datetime(2026, 11, 26, 5, 44, 48, tzinfo=UTC), "2026-11-26 05:44:48Z"),
+        # Aware values in another zone are converted to UTC.
+        (datetime.datetime(2026, 7, 1, 12, 0, 0, 5, tzinfo=PARIS), "2026-07-01 10:00:00.000005Z"),
+        # Naive values are taken as UTC.
+        (datetime.datetime(2026, 1, 2, 3, 4, 5, 600), "2026-01-02 03:04:05.0006Z"),
+    ],
+)
+def test_datetime_space_format(value, expected):
+    assert get_config()["DATETIME_FORMAT"] == "space"
+    assert encode_value(value, models.DateTimeField()) == expected
+
+
+def test_datetime_iso_format():
+    value = datetime.datetime(2026, 11, 26, 5, 44, 48, 11390, tzinfo=UTC)
+    with override_settings(POWERSYNC={**get_config(), "DATETIME_FORMAT": "iso"}):
+        assert encode_value(value, models.DateTimeField()) == "2026-11-26T05:44:48.011390Z"
+        assert encode_value(value.replace(microsecond=0), None) == "2026-11-26T05:44:48Z"
+        assert encode_value(value.astimezone(PARIS)) == "2026-11-26T05:44:48.011390Z"
+    assert format_datetime(value, iso=False) == "2026-11-26 05:44:48.01139Z"
+
+
+def test_encode_without_field_uses_the_python_type():
+    assert encode_value(uuid.UUID(int=1)) == "00000000-0000-0000-0000-000000000001"
+    assert encode_value(decimal.Decimal("-0.5")) == "-0.5"
+    assert encode_value({"k": None}) == '{"k":null}'
+    assert encode_value(b"a") == "YQ=="
+
+
+ROUND_TRIP = [
+    (models.CharField(), "héllo"),
+    (models.UUIDField(), uuid.uuid4()),
+    (models.BooleanField(), True),
+    (models.IntegerField(), -3),
+    (models.FloatField(), 0.1),
+    (models.DateTimeField(), datetime.datetime(2026, 3, 4, 5, 6, 7, 890, tzinfo=UTC)),
+    (models.DateTimeField(), datetime.datetime(2026, 3, 4, 5, 6, 7, tzinfo=PARIS)),
+    (models.DateField(), datetime.date(1999, 12, 31)),
+    (models.TimeField(), datetime.time(23, 59, 59, 999999)),
+    (models.DecimalField(max_digits=10, decimal_places=3), decimal.Decimal("-1234.567")),
+    (models.JSONField(), {"nested": [1, {"x": None}], "s": "t"}),
+    (models.JSONField(), "just a string"),
+    (models.JSONField(), None),
+    (models.BinaryField(), b"\x00\xffbinary"),
+    (models.DurationField(), datetime.timedelta(days=2, seconds=3, microseconds=4)),
+    (models.CharField(null=True), None),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), ROUND_TRIP)
+def test_snapshot_round_trip(field, value):
+    text = orjson.dumps({"v": snapshot_value(field, value)})
+    back = snapshot_to_python(field, orjson.loads(text)["v"])
+    if isinstance(value, bytes):
+        assert bytes(back) == value
+    else:
+        assert back == value
+    # What clients get is the same whether the value came from the instance or through the snapshot.
+    assert encode_value(back, field) == encode_value(value, field)
+
+
+def test_decimal_snapshot_is_quantized_like_the_database():
+    # The database stores (and returns) decimal_places digits; the snapshot must say what the DB holds.
+    field = models.DecimalField(max_digits=6, decimal_places=2)
+    back = snapshot_to_python(field, snapshot_value(field, decimal.Decimal("1.5")))
+    assert str(back) == "1.50"
+    assert encode_value(back, field) == "1.50"
+    back = snapshot_to_python(field, snapshot_value(field, 3))
+    assert str(back) == "3.00"
+
+
+def test_foreign_key_snapshot_uses_the_target_type():
+    from demo_project.todos.models import Todo
+
+    fk = Todo._meta.get_field("list")
+    pk = uuid.uuid4()
+    back = snapshot_to_python(fk, snapshot_value(fk, pk))
+    assert back == pk and isinstance(back, uuid.UUID)
+    assert encode_value(back, fk) == str(pk)
