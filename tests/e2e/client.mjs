@@ -340,7 +340,9 @@ const commands = {
     retryDelayMs = 300,
     crudUploadThrottleMs = 50,
     uploadPath = '/api/upload',
-    timeoutMs = 10000
+    timeoutMs = 10000,
+    // Any other SyncOptions (e.g. checkpointMode, fetchStrategy, includeDefaultStreams), passed as is.
+    extraOptions = {}
   }) {
     const database = requireDb();
     if (!endpoint) throw new Error('endpoint is required');
@@ -362,7 +364,8 @@ const commands = {
       params: params ?? {},
       appMetadata,
       retryDelayMs,
-      crudUploadThrottleMs
+      crudUploadThrottleMs,
+      ...extraOptions
     });
     let timer;
     const settledInTime = await Promise.race([

@@ -412,12 +412,14 @@ class NodeClient:
         crud_upload_throttle_ms: int = 50,
         upload_path: str = "/api/upload",
         timeout_ms: int = 10_000,
+        extra_options: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """Connect the sync client (``connection_method`` is ``"http"`` or ``"websocket"``).
 
         Returns once the first connection attempt succeeded or failed (the SDK keeps retrying every
         ``retry_delay_ms`` after failures), or after ``timeout_ms``: ``{"settled": bool, "status": {...}}``.
-        Uploads go to ``endpoint + upload_path``.
+        Uploads go to ``endpoint + upload_path``. ``extra_options`` are further SDK SyncOptions passed
+        as is (e.g. ``{"checkpointMode": "legacy"}``, ``{"fetchStrategy": "sequential"}``).
         """
         args: dict[str, Any] = {
             "endpoint": endpoint,
@@ -431,6 +433,8 @@ class NodeClient:
         }
         if app_metadata is not None:
             args["appMetadata"] = app_metadata
+        if extra_options:
+            args["extraOptions"] = extra_options
         return self.call("connect", args, timeout=self._ms_timeout(timeout_ms))
 
     def set_token(self, token: str | None) -> None:
