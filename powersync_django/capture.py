@@ -35,8 +35,13 @@ def tracked_labels() -> frozenset[str]:
     return frozenset(get_rules().by_model)
 
 
+def label_of(model: type[models.Model]) -> str:
+    """The label rows of a model are recorded under: proxies write the rows of their concrete model."""
+    return model._meta.concrete_model._meta.label_lower
+
+
 def is_tracked(model: type[models.Model]) -> bool:
-    return model._meta.label_lower in tracked_labels()
+    return label_of(model) in tracked_labels()
 
 
 def snapshot(instance: models.Model) -> str:
@@ -46,12 +51,15 @@ def snapshot(instance: models.Model) -> str:
     ).decode()
 
 
-def _entry_for(instance: models.Model, using: str) -> OutboxEntry:
-    meta = instance._meta
-    if any(isinstance(getattr(instance, f.attname), BaseExpression) for f in meta.concrete_fields):
-        # F() expressions etc.: the stored values are only known to the database.
+def _entry_for(instance: models.Model, using: str, partial: bool = False) -> OutboxEntry:
+    """The entry of a saved instance. ``partial``: only some fields were saved (``update_fields``)."""
+    values = instance.__dict__
+    if partial or any(
+        f.attname not in values or isinstance(values[f.attname], BaseExpression) for f in instance._meta.concrete_fields
+    ):
+        # Fields not saved (update_fields), deferred ones, F() expressions: only the database knows the row.
         instance = type(instance)._base_manager.using(using).get(pk=instance.pk)
-    return OutboxEntry(model=meta.label_lower, object_pk=str(instance.pk), op=OutboxEntry.SAVE,
+    return OutboxEntry(model=label_of(type(instance)), object_pk=str(instance.pk), op=OutboxEntry.SAVE,
                        snapshot=snapshot(instance))
 
 
@@ -69,17 +77,16 @@ def write_entries(entries: list[OutboxEntry], using: str) -> None:
 
 
 def _on_save(sender: type[models.Model], instance: models.Model, raw: bool = False, using: str = "default",
-             **kwargs: Any) -> None:
-    if sender._meta.label_lower not in tracked_labels():
+             update_fields: Any = None, **kwargs: Any) -> None:
+    if not is_tracked(sender):
         return
-    write_entries([_entry_for(instance, using)], using)
+    write_entries([_entry_for(instance, using, partial=update_fields is not None)], using)
 
 
 def _on_delete(sender: type[models.Model], instance: models.Model, using: str = "default", **kwargs: Any) -> None:
-    if sender._meta.label_lower not in tracked_labels():
+    if not is_tracked(sender):
         return
-    write_entries([OutboxEntry(model=sender._meta.label_lower, object_pk=str(instance.pk), op=OutboxEntry.DELETE)],
-                  using)
+    write_entries([OutboxEntry(model=label_of(sender), object_pk=str(instance.pk), op=OutboxEntry.DELETE)], using)
 
 
 def _atomic_save_base(original: Any) -> Any:
@@ -117,34 +124,50 @@ def record_changed(model: type[models.Model], pks: Iterable[Any], using: str | N
     """Record the current state of rows changed outside the ORM's signals (raw SQL, ``update()``...).
 
     Rows that exist are recorded as saved, missing ones as deleted. Call it inside the transaction that made
-    the change. Returns the number of entries written.
+    the change. The rows are read with SELECT ... FOR UPDATE where the database has it: a concurrent writer of
+    the same row either commits first (and its entry comes first) or waits for this transaction, so entries
+    of a row stay in commit order. Returns the number of entries written.
     """
     using = using or router.db_for_write(model)
     pks = list(dict.fromkeys(pks))
     if not pks or not is_tracked(model):
         return 0
     entries: list[OutboxEntry] = []
-    label = model._meta.label_lower
+    label = label_of(model)
     found: set[str] = set()
-    for start in range(0, len(pks), 500):
-        for obj in model._base_manager.using(using).filter(pk__in=pks[start:start + 500]):
-            found.add(str(obj.pk))
-            entries.append(OutboxEntry(model=label, object_pk=str(obj.pk), op=OutboxEntry.SAVE, snapshot=snapshot(obj)))
-    for pk in pks:
-        key = str(model._meta.pk.to_python(pk))
-        if key not in found:
-            entries.append(OutboxEntry(model=label, object_pk=key, op=OutboxEntry.DELETE))
-    write_entries(entries, using)
+    with transaction.atomic(using=using, savepoint=False):
+        for start in range(0, len(pks), 500):
+            for obj in _locking(model._base_manager.using(using)).filter(pk__in=pks[start:start + 500]):
+                found.add(str(obj.pk))
+                entries.append(OutboxEntry(model=label, object_pk=str(obj.pk), op=OutboxEntry.SAVE,
+                                           snapshot=snapshot(obj)))
+        for pk in pks:
+            key = str(model._meta.pk.to_python(pk))
+            if key not in found:
+                entries.append(OutboxEntry(model=label, object_pk=key, op=OutboxEntry.DELETE))
+        write_entries(entries, using)
     return len(entries)
+
+
+def _locking(qs: models.QuerySet) -> models.QuerySet:
+    """``qs.select_for_update()`` of the model's own rows, where the database supports it."""
+    features = connections[qs.db].features
+    if not features.has_select_for_update:
+        return qs
+    return qs.select_for_update(of=("self",)) if features.has_select_for_update_of else qs.select_for_update()
 
 
 class PowerSyncQuerySet(models.QuerySet):
     """A QuerySet whose bulk operations are captured. Use ``PowerSyncManager`` or ``as_manager()``."""
 
     def update(self, **kwargs: Any) -> int:
+        # The matching rows are locked, then exactly those are updated: a row that starts to match in a
+        # concurrent transaction meanwhile is not touched (it would be updated but not recorded).
         with transaction.atomic(using=self.db, savepoint=False):
-            pks = list(self.values_list("pk", flat=True))
-            count = super().update(**kwargs)
+            pks = list(_locking(self).values_list("pk", flat=True))
+            count = 0
+            for start in range(0, len(pks), 500):
+                count += models.QuerySet.update(self.filter(pk__in=pks[start:start + 500]), **kwargs)
             record_changed(self.model, pks, using=self.db)
         return count
 
@@ -157,7 +180,8 @@ class PowerSyncQuerySet(models.QuerySet):
     def bulk_update(self, objs: Iterable[models.Model], fields: Any, *args: Any, **kwargs: Any) -> int:
         objs = list(objs)
         with transaction.atomic(using=self.db, savepoint=False):
-            count = super().bulk_update(objs, fields, *args, **kwargs)
+            # A plain QuerySet: Django's bulk_update calls update(), which would record every row again.
+            count = models.QuerySet(self.model, using=self.db).bulk_update(objs, fields, *args, **kwargs)
             record_changed(self.model, [o.pk for o in objs], using=self.db)
         return count
 
