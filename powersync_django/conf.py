@@ -64,17 +64,23 @@ DEFAULTS: dict[str, Any] = {
     "CORS_ALLOWED_ORIGINS": "*",
     # Gzip level of compressed sync streams (1 = fastest).
     "GZIP_LEVEL": 1,
-    # Upload endpoint (see README "Uploads").
+    # Upload endpoint `api/upload` (see README "Uploads"). Values may be dotted paths or the objects.
     "UPLOAD": {
         # {client table: "dotted.path.to.Serializer"}; default: a ModelSerializer of the synced columns.
+        # A table no bucket definition produces (an insert-only table) is writable through a ModelSerializer here.
         "SERIALIZERS": {},
-        # {client table: "dotted.path.to.callable(user, op, instance, data) -> bool"}.
+        # {client table: "dotted.path.to.callable(user, op, instance_or_None, data) -> bool"}; "*" for all
+        # other tables. Tables without an entry reject every write (403); `powersync_django.upload.allow_any`
+        # allows all. `data` is the validated data; raising PermissionDenied also means False.
         "PERMISSIONS": {},
-        # Callable applied to validated data before saving: (user, table, op, data) -> data.
+        # {client table: "dotted.path.to.callable(user, op, data) -> data"}, run before validation (PUT/PATCH)
+        # to force server-side values (e.g. an owner from the token).
         "PREPARE": {},
+        # Largest batch (operations) and request body (bytes); beyond them: 413.
         "MAX_OPERATIONS": 1000,
         "MAX_BYTES": 5 * 1024 * 1024,
-        # What a PATCH of a row that does not exist does: "ignore" (success, nothing written) or "error" (404 op error).
+        # A PATCH of a row that does not exist: "ignore" (success, nothing written) or "error" (400 with a
+        # `not_found` operation error).
         "PATCH_MISSING": "ignore",
     },
 }
