@@ -8,6 +8,7 @@ Environment variables:
 """
 
 import os
+from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
@@ -30,6 +31,25 @@ INSTALLED_APPS = [
     "powersync_django",
     "demo_project.todos",
 ]
+
+# OpenAPI description at /api/schema (and /api/docs) when drf-spectacular is installed (extra "openapi").
+HAS_SPECTACULAR = find_spec("drf_spectacular") is not None
+if HAS_SPECTACULAR:
+    INSTALLED_APPS.append("drf_spectacular")
+
+REST_FRAMEWORK = {"DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema"} if HAS_SPECTACULAR else {}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "powersync-django demo",
+    "DESCRIPTION": "Upload and write-checkpoint endpoints of the PowerSync service (sync itself is a stream).",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        # Describes GET /write-checkpoint2.json, a plain Django view the generator cannot see.
+        "powersync_django.api.write_checkpoint_schema_hook",
+    ],
+}
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",

@@ -1,12 +1,17 @@
-"""URLs of the sync service. Include them at the PowerSync endpoint's root (the client appends these paths)."""
+"""URLs of the sync service. Include them at the PowerSync endpoint's root (the client appends these paths).
+
+``api/upload`` is the upload endpoint for your connector's ``uploadData``; the client never derives its URL,
+so you may also mount ``powersync_django.api.upload`` at any other path of your own.
+"""
 
 from django.urls import path
 
-from . import views
+from . import api, views
 
 app_name = "powersync"
 
 urlpatterns = [
     path("sync/stream", views.sync_stream, name="sync-stream"),
     path("write-checkpoint2.json", views.write_checkpoint, name="write-checkpoint"),
+    path("api/upload", api.upload, name="upload"),
 ]
