@@ -27,13 +27,13 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
-test-sqlite: install e2e-deps
+test-sqlite: install
 	$(PY) -m pytest
 
-test-postgres: install e2e-deps
+test-postgres: install
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest
 
 test: lint test-sqlite test-postgres
 
-bench: install e2e-deps
+bench: install
 	$(PY) bench/initial_sync.py
