@@ -15,10 +15,12 @@ from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from django.apps import apps as django_apps
 from django.core.exceptions import ImproperlyConfigured
+from django.core.signals import setting_changed
 from django.db import connections, models, router, transaction
 from django.db.models.expressions import BaseExpression
-from django.db.models.signals import post_delete, post_save
+from django.db.models.signals import class_prepared, post_delete, post_save
 
 from . import notify
 from .encoding import snapshot_value
@@ -103,18 +105,46 @@ def _atomic_save_base(original: Any) -> Any:
 
 
 def connect_signals() -> None:
-    """Connect the receivers and make saves of tracked models atomic (called from AppConfig.ready)."""
-    post_save.connect(_on_save, dispatch_uid="powersync_django.capture.save")
-    post_delete.connect(_on_delete, dispatch_uid="powersync_django.capture.delete")
-    try:
-        from .rules import get_rules
+    """Connect the receivers and make saves of tracked models atomic (called from AppConfig.ready).
 
-        tracked = get_rules().models
+    ``post_delete`` is connected per tracked model (proxies included), not for every sender: a receiver for
+    all senders would disable Django's fast delete everywhere (``QuerySet.delete()`` of any model, the
+    replicator's own tables included, would load every row and signal it one by one).
+    """
+    post_save.connect(_on_save, dispatch_uid="powersync_django.capture.save")
+    class_prepared.connect(_on_class_prepared, dispatch_uid="powersync_django.capture.class_prepared")
+    setting_changed.connect(_on_setting_changed, dispatch_uid="powersync_django.capture.setting_changed")
+    for model in django_apps.get_models():
+        _track(model)
+
+
+def _track(model: type[models.Model]) -> None:
+    """Capture deletes of a model and make its saves atomic, if the bucket definitions use it."""
+    try:
+        if not is_tracked(model):
+            return
     except ImproperlyConfigured:
         return  # reported by the system checks
-    for model in tracked:
-        if not getattr(model.save_base, "_powersync_atomic", False):
-            model.save_base = _atomic_save_base(model.save_base)
+    post_delete.connect(_on_delete, sender=model, dispatch_uid="powersync_django.capture.delete")
+    concrete = model._meta.concrete_model
+    if not getattr(concrete.save_base, "_powersync_atomic", False):
+        concrete.save_base = _atomic_save_base(concrete.save_base)
+
+
+def _on_class_prepared(sender: type[models.Model], **kwargs: Any) -> None:
+    if django_apps.ready:  # models of installed apps are handled by connect_signals()
+        _track(sender)
+
+
+def _on_setting_changed(*, setting: str, **kwargs: Any) -> None:
+    if setting == "POWERSYNC" and django_apps.ready:
+        from .conf import get_config
+        from .rules import get_rules
+
+        get_config.cache_clear()
+        get_rules.cache_clear()
+        for model in django_apps.get_models():
+            _track(model)
 
 
 # --- bulk operations -----------------------------------------------------------------------------
