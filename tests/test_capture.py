@@ -17,7 +17,7 @@ from demo_project.todos.models import Todo, TodoList
 from powersync_django import capture
 from powersync_django.capture import PowerSyncQuerySet, record_changed
 from powersync_django.conf import get_config
-from powersync_django.models import OutboxEntry
+from powersync_django.models import Checkpoint, OutboxEntry
 
 
 def entries(model: str | None = None) -> list[tuple[str, str, str]]:
@@ -330,3 +330,14 @@ def test_bulk_update_racing_a_writer_records_what_it_changed(monkeypatch):
         last = OutboxEntry.objects.filter(object_pk=str(row.pk)).latest("id")
         assert orjson.loads(last.snapshot) == db_row(row)
     assert Todo.objects.get(pk=matching.pk).description == "bulk"
+
+
+@pytest.mark.django_db
+def test_deletes_of_untracked_models_stay_fast(django_assert_num_queries):
+    """Capture must not turn every QuerySet.delete() of the project into a row-by-row delete."""
+    for i in range(50):
+        OutboxEntry.objects.create(model="x", object_pk=str(i), op=OutboxEntry.DELETE)
+    with django_assert_num_queries(1):
+        OutboxEntry.objects.filter(model="x").delete()
+    with django_assert_num_queries(1):
+        Checkpoint.objects.filter(last_op_id__gt=0).delete()

@@ -1,0 +1,668 @@
+"""Replication: outbox -> bucket ops, totals, memberships and checkpoints; exactly once; lease; rebuilds."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import orjson
+import pytest
+from django.db import transaction
+from django.test import override_settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from demo_project.todos.models import Todo, TodoList
+from powersync_django import checksums, storage
+from powersync_django.capture import PowerSyncQuerySet, record_changed
+from powersync_django.conf import get_config
+from powersync_django.models import (
+    BucketOp,
+    BucketState,
+    Checkpoint,
+    OutboxEntry,
+    ReplicationState,
+    RowBuckets,
+    WriteCheckpoint,
+)
+from powersync_django.replication import LeaseLost, Replicator, replicate_now
+from powersync_django.rules import get_rules
+
+# --- what storage must look like (also used by test_concurrency) -----------------------------------
+
+Rows = dict[tuple[str, str], str]  # (table, object_id) -> data JSON
+
+
+def reduced_storage(using: str = "default") -> dict[str, Rows]:
+    """Each bucket's ops as a client applies them: the latest PUT of a row stays, a REMOVE drops it.
+
+    Also checks that every REMOVE removes a row the bucket holds (a duplicate REMOVE would be a bug).
+    """
+    out: dict[str, Rows] = {}
+    for bucket, op, table, object_id, data in BucketOp.objects.using(using).order_by("op_id").values_list(
+        "bucket", "op", "object_type", "object_id", "data"
+    ):
+        rows = out.setdefault(bucket, {})
+        if op == BucketOp.PUT:
+            rows[(table, object_id)] = data
+        else:
+            assert op == BucketOp.REMOVE, op
+            assert (table, object_id) in rows, f"REMOVE of {table}/{object_id} not in {bucket}"
+            del rows[(table, object_id)]
+    return {b: rows for b, rows in out.items() if rows}
+
+
+def expected_storage(using: str = "default") -> dict[str, Rows]:
+    """What the data querysets say each bucket holds now (current definitions and version)."""
+    rules = get_rules()
+    version = ReplicationState.objects.using(using).get(pk=1).rules_version
+    out: dict[str, Rows] = {}
+    for model in rules.models:
+        label = model._meta.label_lower
+        for row in model._base_manager.using(using).values(*[f.attname for f in model._meta.concrete_fields]):
+            for bucket, table, object_id, data in rules.row_buckets(label, row, version):
+                out.setdefault(bucket, {})[(table, object_id)] = data
+    return out
+
+
+def check_storage(using: str = "default") -> None:
+    """Every invariant of replicated storage, against a recomputation from the ops and the querysets."""
+    state = ReplicationState.objects.using(using).get(pk=1)
+    assert not OutboxEntry.objects.using(using).exclude(op=OutboxEntry.MARKER).exists()
+    ops = list(BucketOp.objects.using(using).order_by("op_id"))
+    totals: dict[str, list[int]] = {}
+    for op in ops:
+        if op.op == BucketOp.PUT:
+            assert op.checksum == checksums.put_checksum(op.object_type, op.object_id, op.data)
+        else:
+            assert op.checksum == checksums.remove_checksum(op.object_type, op.object_id)
+        t = totals.setdefault(op.bucket, [0, 0, 0])
+        t[0] = checksums.add(t[0], op.checksum)
+        t[1] += 1
+        t[2] = op.op_id
+    states = {s.bucket: s for s in BucketState.objects.using(using)}
+    assert set(states) == set(totals)
+    for bucket, (checksum, count, last) in totals.items():
+        s = states[bucket]
+        assert (s.checksum, s.count, s.last_op_id, s.stored_ops) == (checksum, count, last, count), bucket
+        assert bucket.startswith(f"{state.rules_version}#")
+    assert state.last_op_id == (ops[-1].op_id if ops else state.last_op_id)
+    assert state.rules_hash == get_rules().hash
+    latest = Checkpoint.objects.using(using).order_by("-id").first()
+    assert latest is not None and latest.last_op_id == state.last_op_id
+    reduced = reduced_storage(using)
+    assert reduced == expected_storage(using)
+    # Row memberships say exactly which buckets hold each row.
+    members: dict[str, set[tuple[str, str, str]]] = {}
+    for bucket, rows in reduced.items():
+        for table, object_id in rows:
+            model = next(q.label for q in get_rules().by_model.values() for q in q if q.table == table)
+            members.setdefault(f"{model}:{object_id}", set()).add((bucket, table, object_id))
+    stored = {rb.source: {tuple(x) for x in orjson.loads(rb.buckets)} for rb in RowBuckets.objects.using(using)}
+    assert stored == members
+
+
+def ops_of(object_id: object) -> list[tuple[str, str]]:
+    return list(BucketOp.objects.filter(object_id=str(object_id)).order_by("op_id").values_list("op", "bucket"))
+
+
+def state() -> ReplicationState:
+    return ReplicationState.objects.get(pk=1)
+
+
+def lists_bucket(owner: str, version: int = 1) -> str:
+    return f'{version}#user_lists["{owner}"]'
+
+
+def todos_bucket(lst: TodoList, version: int = 1) -> str:
+    return f'{version}#list_todos["{lst.pk}"]'
+
+
+# --- basic replication ---------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_existing_rows_are_built_on_first_replication():
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    todos = [Todo.objects.create(list=lst, description=f"t{i}") for i in range(3)]
+    OutboxEntry.objects.all().delete()  # as if the rows predate the app: nothing captured
+    Todo.objects.create(list=lst, description="captured")
+    assert not ReplicationState.objects.exists()
+    replicate_now()
+    st_ = state()
+    assert st_.rules_version == 1 and st_.rules_hash == get_rules().hash
+    check_storage()
+    assert set(reduced_storage()) == {lists_bucket("u1"), todos_bucket(lst)}
+    assert len(reduced_storage()[todos_bucket(lst)]) == 4
+    # One PUT per row: the pending entry was consumed by the build, not replayed on top of it.
+    assert BucketOp.objects.count() == 5
+    assert ops_of(todos[0].pk) == [("PUT", todos_bucket(lst))]
+
+
+@pytest.mark.django_db
+def test_ops_checksums_and_counts_match_recomputation():
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    t = Todo.objects.create(list=lst, description="milk")
+    replicate_now()
+    t.completed = True
+    t.save()
+    Todo.objects.create(list=lst, description="eggs").delete()
+    replicate_now()
+    check_storage()
+    [bucket_state] = BucketState.objects.filter(bucket=todos_bucket(lst))
+    # PUT milk, PUT milk (completed), PUT eggs, REMOVE eggs.
+    assert bucket_state.count == 4
+    ops = list(BucketOp.objects.filter(bucket=todos_bucket(lst)).order_by("op_id"))
+    assert [o.op for o in ops] == ["PUT", "PUT", "PUT", "REMOVE"]
+    assert orjson.loads(ops[1].data)["completed"] == 1 and ops[1].object_type == "todos"
+    assert bucket_state.checksum == checksums.total(o.checksum for o in ops)
+    # The read side reports exactly these totals at the current checkpoint.
+    cp = storage.read_checkpoint([todos_bucket(lst)])
+    got = cp.buckets[todos_bucket(lst)]
+    assert (got.checksum, got.count, got.last_op_id) == (bucket_state.checksum, 4, ops[-1].op_id)
+
+
+@pytest.mark.django_db
+def test_op_ids_are_global_and_increasing():
+    replicate_now()
+    a = TodoList.objects.create(name="a", owner_id="u1")
+    b = TodoList.objects.create(name="b", owner_id="u2")
+    Todo.objects.create(list=a, description="x")
+    Todo.objects.create(list=b, description="y")
+    replicate_now()
+    ids = list(BucketOp.objects.order_by("op_id").values_list("op_id", flat=True))
+    assert ids == list(range(ids[0], ids[0] + 4))
+    assert state().last_op_id == ids[-1]
+
+
+@pytest.mark.django_db
+def test_moving_a_todo_removes_it_from_the_old_bucket():
+    replicate_now()
+    a = TodoList.objects.create(name="a", owner_id="u1")
+    b = TodoList.objects.create(name="b", owner_id="u1")
+    t = Todo.objects.create(list=a, description="x")
+    replicate_now()
+    t.list = b
+    t.save()
+    replicate_now()
+    assert ops_of(t.pk) == [("PUT", todos_bucket(a)), ("PUT", todos_bucket(b)), ("REMOVE", todos_bucket(a))]
+    assert orjson.loads(RowBuckets.objects.get(source=f"todos.todo:{t.pk}").buckets) == [[todos_bucket(b), "todos", str(t.pk)]]
+    check_storage()
+
+
+@pytest.mark.django_db
+def test_changing_a_list_owner_moves_the_list_bucket():
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    Todo.objects.create(list=lst, description="x")
+    replicate_now()
+    lst.owner_id = "u2"
+    lst.save()
+    replicate_now()
+    assert ops_of(lst.pk) == [("PUT", lists_bucket("u1")), ("PUT", lists_bucket("u2")), ("REMOVE", lists_bucket("u1"))]
+    assert lists_bucket("u1") not in reduced_storage()
+    # The todos' bucket is keyed by the list, not the owner: unchanged.
+    assert BucketOp.objects.filter(bucket=todos_bucket(lst)).count() == 1
+    check_storage()
+
+
+@pytest.mark.django_db
+def test_deletes_and_cascades_remove_rows():
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    todos = [Todo.objects.create(list=lst, description=f"t{i}") for i in range(2)]
+    replicate_now()
+    pks = [t.pk for t in todos]
+    list_pk = lst.pk
+    lst.delete()
+    replicate_now()
+    for pk in pks:
+        assert ops_of(pk)[-1] == ("REMOVE", f'1#list_todos["{list_pk}"]')
+    assert ops_of(list_pk)[-1] == ("REMOVE", lists_bucket("u1"))
+    assert reduced_storage() == {} and not RowBuckets.objects.exists()
+    check_storage()
+    # A deletion of a row that never was in a bucket writes nothing.
+    before = BucketOp.objects.count()
+    record_changed(Todo, [uuid.uuid4()])
+    replicate_now()
+    assert BucketOp.objects.count() == before
+
+
+@pytest.mark.django_db
+def test_rows_outside_every_bucket_get_no_ops():
+    buckets = {"open": {"data": [{"model": "todos.Todo", "table": "open", "filter": {"completed": False}}]}}
+    with override_settings(POWERSYNC={**get_config(), "BUCKETS": buckets}):
+        replicate_now()
+        lst = TodoList.objects.create(name="a", owner_id="u1")  # not tracked by these definitions
+        done = Todo.objects.create(list=lst, description="done", completed=True)
+        t = Todo.objects.create(list=lst, description="open")
+        replicate_now()
+        assert ops_of(done.pk) == [] and ops_of(lst.pk) == []
+        t.completed = True
+        t.save()
+        done.completed = False
+        done.save()
+        replicate_now()
+        assert ops_of(t.pk) == [("PUT", "1#open[]"), ("REMOVE", "1#open[]")]
+        assert ops_of(done.pk) == [("PUT", "1#open[]")]
+        check_storage()
+
+
+@pytest.mark.django_db
+def test_bulk_helpers_replicate():
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    objs = PowerSyncQuerySet(Todo).bulk_create([Todo(list=lst, description=f"b{i}") for i in range(5)])
+    replicate_now()
+    PowerSyncQuerySet(Todo).filter(description__in=["b0", "b1"]).update(completed=True)
+    for o in objs[2:]:
+        o.description += "!"
+    PowerSyncQuerySet(Todo).bulk_update(objs[2:], ["description"])
+    replicate_now()
+    assert BucketOp.objects.filter(bucket=todos_bucket(lst)).count() == 10
+    check_storage()
+
+
+# --- checkpoints and write checkpoints -------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_each_batch_commits_a_checkpoint_with_what_changed():
+    replicate_now()
+    first = Checkpoint.objects.latest("id")
+    # The build's checkpoint says "any bucket may have changed".
+    assert first.changed_buckets is None and "todos.todo" in orjson.loads(first.changed_models)
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    Todo.objects.create(list=lst, description="x")
+    replicate_now()
+    cp = Checkpoint.objects.latest("id")
+    assert cp.id > first.id and cp.last_op_id == state().last_op_id
+    assert sorted(orjson.loads(cp.changed_buckets)) == sorted([lists_bucket("u1"), todos_bucket(lst)])
+    assert orjson.loads(cp.changed_models) == ["todos.todo", "todos.todolist"]
+    assert storage.latest_checkpoint_id() == cp.id
+    # Nothing pending: no new checkpoint.
+    replicate_now()
+    assert Checkpoint.objects.latest("id").id == cp.id
+
+
+@pytest.mark.django_db
+def test_write_checkpoint_is_replicated_only_after_replication():
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    assert storage.create_write_checkpoint("u1", "c1") == 1
+    assert storage.create_write_checkpoint("u1", "c1") == 2
+    wc = WriteCheckpoint.objects.get(key="u1/c1")
+    assert (wc.issued, wc.replicated) == (2, 0)
+    assert storage.replicated_write_checkpoint("u1/c1") == 0
+    replicate_now()
+    assert storage.replicated_write_checkpoint("u1/c1") == 2
+    cp = Checkpoint.objects.latest("id")
+    assert orjson.loads(cp.write_checkpoints) == ["u1/c1"]
+    # The checkpoint that reports the write checkpoint contains the change made before it.
+    assert BucketOp.objects.filter(object_id=str(lst.pk), op_id__lte=cp.last_op_id).exists()
+    assert not OutboxEntry.objects.exists()
+
+
+@pytest.mark.django_db
+def test_write_checkpoint_never_goes_back():
+    replicate_now()
+    storage.create_write_checkpoint("u1", None)
+    storage.create_write_checkpoint("u1", None)
+    replicate_now()
+    # A stale marker (lower counter) arriving later must not lower the reported value.
+    OutboxEntry.objects.create(model="", object_pk="u1", op=OutboxEntry.MARKER, snapshot="1")
+    replicate_now()
+    assert storage.replicated_write_checkpoint("u1") == 2
+
+
+# --- crash injection ---------------------------------------------------------------------------------
+
+
+class Crash(Exception):
+    pass
+
+
+def crash_once(monkeypatch: pytest.MonkeyPatch, name: str, after: bool = False) -> list[bool]:
+    """Make ``Replicator.<name>`` raise once (before or after doing its work)."""
+    original = getattr(Replicator, name)
+    fired: list[bool] = []
+
+    def wrapper(self, *args, **kwargs):
+        if fired:
+            return original(self, *args, **kwargs)
+        fired.append(True)
+        if after:
+            original(self, *args, **kwargs)
+        raise Crash(name)
+
+    monkeypatch.setattr(Replicator, name, wrapper)
+    return fired
+
+
+def snapshot_storage() -> tuple:
+    return (
+        list(BucketOp.objects.order_by("op_id").values_list("op_id", "bucket", "op", "object_id", "data")),
+        list(BucketState.objects.order_by("bucket").values_list()),
+        list(RowBuckets.objects.order_by("source").values_list()),
+        list(OutboxEntry.objects.order_by("id").values_list("id")),
+        list(Checkpoint.objects.order_by("id").values_list("id", "last_op_id")),
+        list(ReplicationState.objects.values_list("last_op_id", "outbox_position", "rules_hash", "rules_version")),
+        list(WriteCheckpoint.objects.values_list("key", "replicated")),
+    )
+
+
+def make_changes() -> tuple[TodoList, TodoList, list[Todo]]:
+    a = TodoList.objects.create(name="a", owner_id="u1")
+    b = TodoList.objects.create(name="b", owner_id="u2")
+    todos = [Todo.objects.create(list=a, description=f"t{i}") for i in range(4)]
+    return a, b, todos
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("point", "after"),
+    [
+        ("_write_ops", False),
+        ("_write_ops", True),
+        ("_write_memberships", False),
+        ("_write_memberships", True),
+        ("_apply_markers", False),
+        ("_apply_markers", True),
+        ("_checkpoint", True),
+    ],
+)
+def test_crash_inside_a_batch_loses_and_duplicates_nothing(monkeypatch, point, after):
+    replicate_now()
+    a, b, todos = make_changes()
+    replicate_now()
+    # Changes of every kind: save, move, owner change, delete, write checkpoint.
+    todos[0].completed = True
+    todos[0].save()
+    todos[1].list = b
+    todos[1].save()
+    a.owner_id = "u3"
+    a.save()
+    todos[2].delete()
+    storage.create_write_checkpoint("u1", "c")
+    before = snapshot_storage()
+    fired = crash_once(monkeypatch, point, after)
+    replicator = Replicator(owner="crashing")
+    with pytest.raises(Crash):
+        replicator.run_batch()
+    assert fired
+    assert snapshot_storage() == before
+    # The same replicator (it still holds its lease) or a fresh one finishes the work exactly once.
+    replicator.run_batch()
+    replicator.release()
+    check_storage()
+    assert ops_of(todos[0].pk)[-2:] == [("PUT", todos_bucket(a)), ("PUT", todos_bucket(a))]
+    assert ops_of(todos[1].pk) == [("PUT", todos_bucket(a)), ("PUT", todos_bucket(b)), ("REMOVE", todos_bucket(a))]
+    assert ops_of(a.pk) == [("PUT", lists_bucket("u1")), ("PUT", lists_bucket("u3")), ("REMOVE", lists_bucket("u1"))]
+    assert storage.replicated_write_checkpoint("u1/c") == 1
+    assert BucketOp.objects.count() == 6 + 6
+
+
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("point", ["_flush_rebuild", "_apply_markers", "_checkpoint"])
+def test_crash_during_a_build_loses_nothing(monkeypatch, point):
+    make_changes()
+    storage.create_write_checkpoint("u1", "c")
+    before = snapshot_storage()
+    crash_once(monkeypatch, point)
+    with pytest.raises(Crash):
+        Replicator(owner="x").run_batch()
+    assert snapshot_storage() == before
+    replicate_now()
+    check_storage()
+    assert state().rules_version == 1 and BucketOp.objects.count() == 6
+    assert storage.replicated_write_checkpoint("u1/c") == 1
+
+
+# --- lease ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_only_the_lease_holder_replicates():
+    first, second = Replicator(owner="first"), Replicator(owner="second")
+    assert first.try_acquire()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    assert not second.try_acquire()
+    with pytest.raises(LeaseLost):
+        second.run_batch()
+    with pytest.raises(LeaseLost):
+        second.request_rebuild()
+    assert OutboxEntry.objects.count() == 1
+    first.run_batch()  # build
+    first.run_batch()
+    assert not OutboxEntry.objects.exists() and ops_of(lst.pk)
+    # The lease expires when the holder stops renewing it: the other one takes over.
+    ReplicationState.objects.filter(pk=1).update(lease_expires=time.time() - 1)
+    Todo.objects.create(list=lst, description="x")
+    assert second.run_batch() == 1
+    assert state().lease_owner == "second"
+    with pytest.raises(LeaseLost):
+        first.run_batch()
+    # Releasing hands it over at once.
+    second.release()
+    assert first.try_acquire()
+    first.release()
+    check_storage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_lease_is_renewed_by_every_batch():
+    r = Replicator(owner="r")
+    r.run_batch()
+    ReplicationState.objects.filter(pk=1).update(lease_expires=time.time() + 0.5)
+    r.run_batch()
+    assert state().lease_expires > time.time() + get_config()["LEASE_SECONDS"] - 5
+
+
+# --- rebuilds ------------------------------------------------------------------------------------
+
+
+OTHER_BUCKETS = {
+    "lists_by_owner": {
+        "parameters": {"owner_id": "token.sub"},
+        "data": [{"model": "todos.TodoList", "table": "lists", "filter": {"owner_id": "bucket.owner_id"}}],
+    },
+    "open_todos": {"data": [{"model": "todos.Todo", "table": "todos", "filter": {"completed": False}}]},
+}
+
+
+@pytest.mark.django_db
+def test_changed_definitions_rebuild_under_a_new_version():
+    replicate_now()
+    a, _b, todos = make_changes()
+    todos[0].completed = True
+    todos[0].save()
+    replicate_now()
+    assert state().rules_version == 1
+    old_ops = BucketOp.objects.count()
+    with override_settings(POWERSYNC={**get_config(), "BUCKETS": OTHER_BUCKETS}):
+        Todo.objects.create(list=a, description="pending at the build")
+        replicate_now()
+        st_ = state()
+        assert st_.rules_version == 2 and st_.last_op_id > old_ops
+        assert set(reduced_storage()) == {'2#lists_by_owner["u1"]', '2#lists_by_owner["u2"]', "2#open_todos[]"}
+        assert len(reduced_storage()["2#open_todos[]"]) == 4
+        assert not BucketOp.objects.filter(bucket__startswith="1#").exists()
+        assert not BucketState.objects.filter(bucket__startswith="1#").exists()
+        check_storage()
+        # Incremental replication goes on under the new version.
+        todos[1].completed = True
+        todos[1].save()
+        replicate_now()
+        assert ops_of(todos[1].pk)[-1] == ("REMOVE", "2#open_todos[]")
+        check_storage()
+    # Back to the old definitions: another version (clients drop the buckets they had and converge).
+    replicate_now()
+    assert state().rules_version == 3
+    assert todos_bucket(a, 3) in reduced_storage()
+    check_storage()
+
+
+@pytest.mark.django_db
+def test_datetime_format_change_rebuilds():
+    replicate_now()
+    TodoList.objects.create(name="a", owner_id="u1")
+    replicate_now()
+    with override_settings(POWERSYNC={**get_config(), "DATETIME_FORMAT": "iso"}):
+        replicate_now()
+        assert state().rules_version == 2
+        [data] = reduced_storage()[lists_bucket("u1", 2)].values()
+        assert "T" in orjson.loads(data)["created_at"]
+        check_storage()
+
+
+@pytest.mark.django_db
+def test_requested_rebuild_reproduces_the_same_rows():
+    replicate_now()
+    a, b, todos = make_changes()
+    todos[3].list = b
+    todos[3].save()
+    replicate_now()
+    before = {bucket.split("#", 1)[1]: rows for bucket, rows in reduced_storage().items()}
+    r = Replicator(owner="resync")
+    r.request_rebuild()
+    r.drain()
+    r.release()
+    assert state().rules_version == 2
+    after = {bucket.split("#", 1)[1]: rows for bucket, rows in reduced_storage().items()}
+    assert after == before
+    assert BucketOp.objects.count() == 6  # one PUT per row and bucket
+    check_storage()
+
+
+@pytest.mark.django_db
+def test_build_applies_pending_write_checkpoints():
+    make_changes()
+    storage.create_write_checkpoint("u1", "c")
+    replicate_now()
+    assert storage.replicated_write_checkpoint("u1/c") == 1
+    assert orjson.loads(Checkpoint.objects.latest("id").write_checkpoints) == ["u1/c"]
+
+
+# --- batches -------------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db
+def test_small_batches_give_the_same_result():
+    replicate_now()
+    a, b, todos = make_changes()
+    for i, t in enumerate(todos):
+        t.description = f"v{i}"
+        t.list = b if i % 2 else a
+        t.save()
+    todos[0].delete()
+    with override_settings(POWERSYNC={**get_config(), "REPLICATION_BATCH_SIZE": 3}):
+        r = Replicator(owner="small")
+        n = r.drain()
+        r.release()
+    assert n == 2 + 4 + 4 + 1
+    assert Checkpoint.objects.count() >= 1 + 4
+    check_storage()
+
+
+@pytest.mark.django_db
+def test_entries_of_models_no_longer_tracked_are_dropped():
+    replicate_now()
+    OutboxEntry.objects.create(model="auth.user", object_pk="1", op=OutboxEntry.SAVE, snapshot="{}")
+    OutboxEntry.objects.create(model="todos.todo", object_pk=str(uuid.uuid4()), op=OutboxEntry.DELETE)
+    assert replicate_now() == 2
+    assert not OutboxEntry.objects.exists() and not BucketOp.objects.exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_rolled_back_writes_never_reach_buckets():
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    with pytest.raises(Crash), transaction.atomic():
+        Todo.objects.create(list=lst, description="rolled back")
+        lst.owner_id = "u2"
+        lst.save()
+        raise Crash
+    replicate_now()
+    assert not BucketOp.objects.filter(data__contains="rolled back").exists()
+    assert ops_of(lst.pk) == [("PUT", lists_bucket("u1"))]
+    check_storage()
+
+
+# --- property: any interleaving of writes, batches and crashes ---------------------------------------
+
+ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["new_list", "new_todo", "edit", "move", "owner", "delete_todo", "delete_list", "bulk",
+                         "replicate", "crash"]),
+        st.integers(0, 1000),
+        st.integers(1, 4),
+    ),
+    max_size=25,
+)
+
+
+@pytest.mark.django_db
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=ACTIONS)
+def test_any_history_replicates_to_the_querysets(monkeypatch, actions):
+    for model in (Todo, TodoList, BucketOp, BucketState, RowBuckets, Checkpoint, OutboxEntry, ReplicationState,
+                  WriteCheckpoint):
+        model.objects.all().delete()
+    owners = ["u1", "u2", "u3"]
+    for kind, n, size in actions:
+        lists = list(TodoList.objects.order_by("pk"))
+        todos = list(Todo.objects.order_by("pk"))
+        if kind == "new_list" or (not lists and kind != "replicate"):
+            TodoList.objects.create(name=f"l{n}", owner_id=owners[n % 3])
+        elif kind == "new_todo":
+            Todo.objects.create(list=lists[n % len(lists)], description=f"t{n}", completed=bool(n % 2))
+        elif kind in ("edit", "move", "delete_todo") and todos:
+            t = todos[n % len(todos)]
+            if kind == "delete_todo":
+                t.delete()
+            else:
+                t.description = f"e{n}"
+                if kind == "move":
+                    t.list = lists[n % len(lists)]
+                t.save()
+        elif kind == "owner":
+            lst = lists[n % len(lists)]
+            lst.owner_id = owners[(n + 1) % 3]
+            lst.save()
+        elif kind == "delete_list" and len(lists) > 1:
+            lists[n % len(lists)].delete()
+        elif kind == "bulk":
+            PowerSyncQuerySet(Todo).filter(completed=bool(n % 2)).update(completed=not n % 2)
+        elif kind == "replicate":
+            with override_settings(POWERSYNC={**get_config(), "REPLICATION_BATCH_SIZE": size}):
+                r = Replicator(owner="p")
+                r.drain(max_batches=size)
+                r.release()
+        elif kind == "crash":
+            with monkeypatch.context() as m:
+                crash_once(m, ["_write_ops", "_write_memberships", "_apply_markers", "_checkpoint"][size - 1],
+                           after=bool(n % 2))
+                r = Replicator(owner="p")
+                try:
+                    r.drain()
+                except Crash:
+                    pass
+                r.release()
+    replicate_now()
+    check_storage()
+
+
+@pytest.mark.django_db
+def test_a_batch_costs_a_bounded_number_of_queries(django_assert_max_num_queries):
+    """1000 entries in one batch: bulk reads and writes, no per-entry queries (the outbox delete included)."""
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    PowerSyncQuerySet(Todo).bulk_create([Todo(list=lst, description=f"b{i}") for i in range(999)])
+    with django_assert_max_num_queries(25):
+        assert Replicator(owner="q").run_batch() == 1000
+    r = Replicator(owner="q")
+    r.request_rebuild()
+    with django_assert_max_num_queries(30):
+        r.run_batch()
+    check_storage()
