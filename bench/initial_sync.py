@@ -27,7 +27,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-SECRET = "bench-secret"
+SECRET = "bench-secret-0123456789abcdef0123456789abcdef"
 
 
 def free_port() -> int:

@@ -50,7 +50,7 @@ DEFAULTS: dict[str, Any] = {
     # Outbox rows replicated per transaction.
     "REPLICATION_BATCH_SIZE": 1000,
     # How often the SQLite backend polls for outbox rows / new checkpoints (seconds).
-    "POLL_INTERVAL": 0.05,
+    "POLL_INTERVAL": 0.02,
     # Seconds a replicator lease lasts without renewal.
     "LEASE_SECONDS": 10,
     # Sync stream limits.
