@@ -5,6 +5,8 @@ The suite runs twice in CI (see the Makefile): once on SQLite, once on PostgreSQ
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from django.db import connection
 
@@ -49,3 +51,5 @@ def _fresh_hubs():
     """Each test gets a fresh checkpoint hub (they are per event loop)."""
     yield
     notify._hubs.clear()
+    # A hub's LISTEN connection cancelled mid-connect is only closed by the garbage collector.
+    gc.collect()
