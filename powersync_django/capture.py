@@ -194,7 +194,9 @@ class PowerSyncQuerySet(models.QuerySet):
         # The matching rows are locked, then exactly those are updated: a row that starts to match in a
         # concurrent transaction meanwhile is not touched (it would be updated but not recorded).
         with transaction.atomic(using=self.db, savepoint=False):
-            pks = list(_locking(self).values_list("pk", flat=True))
+            select = self._chain()
+            select.query.distinct, select.query.distinct_fields = False, ()  # FOR UPDATE refuses DISTINCT
+            pks = list(dict.fromkeys(_locking(select).values_list("pk", flat=True)))
             count = 0
             for start in range(0, len(pks), 500):
                 count += models.QuerySet.update(self.filter(pk__in=pks[start:start + 500]), **kwargs)
