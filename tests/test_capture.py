@@ -208,6 +208,21 @@ def test_powersync_queryset_update(todo_list):
 
 
 @pytest.mark.django_db
+def test_powersync_queryset_update_across_relations_and_distinct(todo_list):
+    other = TodoList.objects.create(name="b", owner_id="u2")
+    mine = [Todo.objects.create(list=todo_list, description=f"t{i}") for i in range(2)]
+    Todo.objects.create(list=other, description="not mine")
+    OutboxEntry.objects.all().delete()
+    n = PowerSyncQuerySet(Todo).filter(list__owner_id="u1").distinct().update(completed=True)
+    assert n == 2
+    assert sorted(entries()) == sorted(("todos.todo", str(t.pk), "S") for t in mine)
+    # Filtering lists through their todos joins one row per todo: each list is still recorded once.
+    OutboxEntry.objects.all().delete()
+    assert PowerSyncQuerySet(TodoList).filter(todos__completed=True).update(name="busy") == 1
+    assert entries() == [("todos.todolist", str(todo_list.pk), "S")]
+
+
+@pytest.mark.django_db
 def test_powersync_queryset_update_as_manager(todo_list):
     manager = PowerSyncQuerySet.as_manager()
     manager.model = Todo

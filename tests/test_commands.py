@@ -182,6 +182,8 @@ def test_replicate_worker_runs_until_sigterm():
     for i in range(7):
         Todo.objects.create(list=lst, description=f"t{i}")
 
+    before = signal.getsignal(signal.SIGTERM)
+
     def stop_when_drained() -> None:
         try:
             deadline = time.monotonic() + 20
@@ -189,13 +191,18 @@ def test_replicate_worker_runs_until_sigterm():
                 if not OutboxEntry.objects.exists() and ReplicationState.objects.filter(last_op_id__gt=0).exists():
                     break
                 time.sleep(0.05)
-            os.kill(os.getpid(), signal.SIGTERM)
+            # Only while the command's handler is installed: a stray SIGTERM would end the test run.
+            while signal.getsignal(signal.SIGTERM) is before and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if signal.getsignal(signal.SIGTERM) is not before:
+                os.kill(os.getpid(), signal.SIGTERM)
         finally:
             connections.close_all()
 
-    before = signal.getsignal(signal.SIGTERM)
-    threading.Thread(target=stop_when_drained, daemon=True).start()
+    stopper = threading.Thread(target=stop_when_drained, daemon=True)
+    stopper.start()
     text = run("powersync_replicate", "--batch-size", "3")
+    stopper.join(25)
     assert "running; stop with Ctrl-C or SIGTERM" in text and "Stopped after replicating" in text
     assert signal.getsignal(signal.SIGTERM) == before
     assert not OutboxEntry.objects.exists()
