@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 TOO_MANY_BUCKETS = "PSYNC_S2305"
 EXPIRY_WARNING_SECONDS = 20
+HUB_READY_SECONDS = 10
 
 
 class SyncSession:
@@ -59,7 +60,12 @@ class SyncSession:
     async def prepare(self) -> None:
         """Resolve the bucket set. Raises ProtocolError (too many buckets) before the stream starts."""
         self.hub = get_hub(self.using)
-        self.cursor = await self.hub.ready()
+        try:
+            async with asyncio.timeout(HUB_READY_SECONDS):
+                self.cursor = await self.hub.ready()
+        except TimeoutError:
+            raise ProtocolError("Checkpoints are not readable right now; retry later", code="PSYNC_S2003",
+                                status=503) from None
         state = await storage.run(storage.read_checkpoint, [], self.using)
         self.version = state.rules_version
         self.entitled = await self._resolve_buckets()
@@ -198,7 +204,9 @@ class SyncSession:
             line["write_checkpoint"] = str(wc)
         line["updated_buckets"] = updated
         line["removed_buckets"] = removed
-        return line, state, [u["bucket"] for u in updated]
+        # Also any bucket whose data for an earlier checkpoint was not (fully) sent, e.g. after an invalidated
+        # checkpoint: _send_data skips buckets the client already has up to their last op.
+        return line, state, candidates
 
     async def _send_data(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[Any]:
         """Data lines for ``buckets`` up to the checkpoint, by priority, then the completion line.
