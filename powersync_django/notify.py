@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 
@@ -115,15 +116,24 @@ class CheckpointHub:
         self._changed = asyncio.Event()
         self._poke = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
+        self._listener: threading.Thread | None = None
         self._ready = asyncio.Event()
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._run(), name="powersync-checkpoint-hub"))
         if connections[self.using].vendor == "postgresql":
-            self._tasks.append(asyncio.create_task(self._listen(), name="powersync-checkpoint-listen"))
+            self._listener = threading.Thread(target=self._listen, args=(asyncio.get_running_loop(),),
+                                              name="powersync-checkpoint-listen", daemon=True)
+            self._listener.start()
 
     def poke(self) -> None:
         self._poke.set()
+
+    def stop_listener(self, wait: float = 0) -> None:
+        """Stop the PostgreSQL listener thread (within about half a second)."""
+        self.closed = True
+        if self._listener is not None and wait:
+            self._listener.join(wait)
 
     async def close(self) -> None:
         self.closed = True
@@ -207,22 +217,23 @@ class CheckpointHub:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def _listen(self) -> None:
+    def _listen(self, loop: asyncio.AbstractEventLoop) -> None:
+        """PostgreSQL LISTEN in a daemon thread (a blocking connection: nothing for asyncio to cancel)."""
         import psycopg
 
         params = connections[self.using].get_connection_params()
         params.pop("cursor_factory", None)
         params.pop("context", None)
-        while not self.closed:
+        while not self.closed and not loop.is_closed():
             try:
-                conn = await psycopg.AsyncConnection.connect(**params, autocommit=True)
-                async with conn:
-                    await conn.execute(f"LISTEN {CHECKPOINT_CHANNEL}")
-                    self.poke()  # catch up on anything committed before LISTEN
-                    async for _ in conn.notifies():
-                        self.poke()
-            except asyncio.CancelledError:
-                raise
+                with psycopg.connect(**params, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHECKPOINT_CHANNEL}")
+                    loop.call_soon_threadsafe(self.poke)  # catch up on anything committed before LISTEN
+                    while not self.closed and not loop.is_closed():
+                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                            loop.call_soon_threadsafe(self.poke)
+            except RuntimeError:
+                return  # the event loop closed
             except Exception:
                 logger.exception("powersync: checkpoint listener failed; reconnecting")
-                await asyncio.sleep(1.0)
+                time.sleep(1.0)

@@ -50,6 +50,8 @@ def _close_storage_threads(django_db_setup):
 def _fresh_hubs():
     """Each test gets a fresh checkpoint hub (they are per event loop)."""
     yield
+    for hub in list(notify._hubs.values()):
+        hub.stop_listener(wait=2)
     notify._hubs.clear()
     # A hub's LISTEN connection cancelled mid-connect is only closed by the garbage collector.
     gc.collect()
