@@ -151,7 +151,9 @@ class CheckpointHub:
         if self.latest_id <= after_id:
             waiter = self._changed
             try:
-                await asyncio.wait_for(waiter.wait(), max_wait)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for can swallow a cancellation.
+                async with asyncio.timeout(max_wait):
+                    await waiter.wait()
             except TimeoutError:
                 return None
         if self.latest_id <= after_id:
@@ -196,7 +198,8 @@ class CheckpointHub:
                 logger.exception("powersync: reading checkpoints failed")
             self._poke.clear()
             try:
-                await asyncio.wait_for(self._poke.wait(), 5.0 if pg else interval)
+                async with asyncio.timeout(5.0 if pg else interval):
+                    await self._poke.wait()
             except TimeoutError:
                 pass
 
