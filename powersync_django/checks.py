@@ -26,6 +26,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if not (jwt["SECRET"] or jwt["PUBLIC_KEYS"] or jwt["JWKS_URL"]):
         messages.append(checks.Error("No key to verify client tokens.", id="powersync_django.E010",
                                      hint="Set POWERSYNC['JWT']['SECRET'], ['PUBLIC_KEYS'] or ['JWKS_URL']."))
+    if rules.parse(config)[0] is not None:
+        from . import upload
+
+        try:
+            upload._build_tables(config)
+        except ImproperlyConfigured as exc:
+            messages.append(checks.Error(str(exc), id="powersync_django.E012",
+                                         hint="Fix the dotted path or value in POWERSYNC['UPLOAD']."))
     if config["DATETIME_FORMAT"] not in ("space", "iso"):
         messages.append(checks.Error("POWERSYNC['DATETIME_FORMAT'] must be 'space' or 'iso'.",
                                      id="powersync_django.E011"))

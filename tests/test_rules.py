@@ -82,3 +82,13 @@ def test_invalid_definitions_are_reported_by_system_checks(buckets, code):
 
 def test_valid_settings_pass_checks():
     assert [m for m in checks.run_checks(tags=["powersync"])] == []
+
+
+def test_bad_upload_hook_path_is_reported_by_system_checks():
+    from django.conf import settings
+
+    config = {**settings.POWERSYNC, "UPLOAD": {"PERMISSIONS": {"todos": "nowhere.missing_hook"}}}
+    with override_settings(POWERSYNC=config):
+        messages = checks.run_checks(tags=["powersync"])
+    assert [m.id for m in messages] == ["powersync_django.E012"]
+    assert "nowhere.missing_hook" in messages[0].msg
