@@ -14,9 +14,7 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from initial_sync import env_for, free_port  # noqa: E402
+from initial_sync import env_for, serve  # noqa: E402
 
 
 class Stream(threading.Thread):
@@ -90,19 +88,7 @@ def main() -> None:
 
         users = [f"user{i}" for i in range(args.clients)]
         lists = {u: TodoList.objects.create(name="l", owner_id=u) for u in users}
-        port = free_port()
-        server = subprocess.Popen(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "demo_project.asgi:application"],
-            cwd=ROOT, env=env_for(url), stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/server.log", "w"),
-        )
-        try:
-            deadline = time.time() + 30
-            while time.time() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+        with serve(url, f"{tmp}/server.log") as port:
             streams = {u: Stream(port, make_token(u)) for u in users}
             for s in streams.values():
                 s.start()
@@ -123,9 +109,6 @@ def main() -> None:
             print(f"{connection.vendor}, {args.clients} connected streams, {args.changes} changes: "
                   f"median {statistics.median(latencies):.1f} ms, p95 {latencies[int(len(latencies) * 0.95) - 1]:.1f} ms, "
                   f"max {latencies[-1]:.1f} ms")
-        finally:
-            server.terminate()
-            server.wait(10)
 
 
 if __name__ == "__main__":

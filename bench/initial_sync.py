@@ -13,6 +13,7 @@ Options: ``--sizes 10000,100000 --runs 5 --database-url postgres://...``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,6 +70,31 @@ def token(url: str) -> str:
     out = subprocess.run([sys.executable, "manage.py", "powersync_token", "bench"], cwd=ROOT, env=env_for(url),
                          check=True, capture_output=True, text=True).stdout
     return out.strip().splitlines()[-1]
+
+
+@contextlib.contextmanager
+def serve(url: str, log_path: str | None = None) -> Iterator[int]:
+    """Run daphne with the demo project on ``url``'s database; yield its port once it accepts connections."""
+    port = free_port()
+    log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115  (closed below)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "demo_project.asgi:application"],
+        cwd=ROOT, env=env_for(url), stdout=subprocess.DEVNULL, stderr=log,
+    )
+    try:
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(10)
+        if log_path:
+            log.close()
 
 
 def stream_once(port: int, tok: str, bson_gzip: bool) -> tuple[float, int, int]:
@@ -142,19 +169,7 @@ def main() -> None:
             url = args.database_url or f"sqlite:///{tmp}/bench-{n}.sqlite3"
             setup_database(url, n)
             tok = token(url)
-            port = free_port()
-            server = subprocess.Popen(
-                [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "demo_project.asgi:application"],
-                cwd=ROOT, env=env_for(url), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            )
-            try:
-                deadline = time.time() + 30
-                while time.time() < deadline:
-                    try:
-                        socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                        break
-                    except OSError:
-                        time.sleep(0.1)
+            with serve(url) as port:
                 stream_once(port, tok, False)  # warm-up
                 for label, bson_gzip in (("NDJSON", False), ("BSON+gzip", True)):
                     results = [stream_once(port, tok, bson_gzip) for _ in range(args.runs)]
@@ -167,9 +182,6 @@ def main() -> None:
                     times = [client_once(port, tok, Path(tmp)) for _ in range(max(1, args.runs // 2))]
                     print(f"N={n:>7} official client first sync: median {statistics.median(times) * 1000:8.1f} ms "
                           f"(runs: {len(times)})")
-            finally:
-                server.terminate()
-                server.wait(10)
 
 
 if __name__ == "__main__":

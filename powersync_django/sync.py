@@ -191,7 +191,7 @@ class SyncSession:
         for b in candidates:
             cs = state.buckets.get(b)
             now = (cs.checksum, cs.count) if cs else (0, 0)
-            if self.sent.get(b) != now or b not in self.sent:
+            if self.sent.get(b) != now:
                 updated.append(self._bucket_entry(b, state))
         for b in removed:
             self.sent.pop(b, None)
