@@ -27,11 +27,16 @@ demo: install
 lint: install
 	$(VENV)/bin/ruff check .
 
+# Each pass: the demo project's tests, then the second test project's (tests/schema, a realistic schema).
+SCHEMA_TESTS := tests/schema --ds=schema_project.settings
+
 test-sqlite: install
 	$(PY) -m pytest
+	$(PY) -m pytest $(SCHEMA_TESTS)
 
 test-postgres: install
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest
+	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(SCHEMA_TESTS)
 
 test: lint test-sqlite test-postgres
 

@@ -1,11 +1,14 @@
 """Test configuration: SQLite by default, PostgreSQL when DATABASE_URL points at one.
 
-The suite runs twice in CI (see the Makefile): once on SQLite, once on PostgreSQL.
+The suite runs twice in CI (see the Makefile): once on SQLite, once on PostgreSQL. Each pass runs the demo
+project's tests (``demo_project.settings``) and then the second project's (``tests/schema/`` with
+``--ds=schema_project.settings``): a test directory runs only under its own project's settings.
 """
 
 from __future__ import annotations
 
 import gc
+from pathlib import Path
 
 import pytest
 from django.db import connection
@@ -17,6 +20,23 @@ from powersync_django.replication import replicate_now
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "postgres: needs PostgreSQL (skipped on SQLite runs)")
     config.addinivalue_line("markers", "e2e: drives the official @powersync/node client against a live server")
+
+
+SCHEMA_TESTS = Path(__file__).parent / "schema"
+
+
+def pytest_ignore_collect(collection_path: Path, config: pytest.Config) -> bool | None:
+    from django.conf import settings
+
+    schema_run = settings.SETTINGS_MODULE == "schema_project.settings"
+    if collection_path.suffix != ".py" and collection_path.is_file():
+        return None
+    in_schema = collection_path == SCHEMA_TESTS or SCHEMA_TESTS in collection_path.parents
+    if in_schema and not schema_run:
+        return True
+    if schema_run and not in_schema and collection_path.name.startswith("test_"):
+        return True
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

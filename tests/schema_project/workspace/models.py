@@ -1,0 +1,103 @@
+"""A workspace app with the shapes real projects have (see the package docstring of ``schema_project``)."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+ON_POSTGRES = settings.DATABASES["default"]["ENGINE"].endswith("postgresql")
+
+
+class Team(models.Model):
+    """Not synced itself: parameter querysets read it (and its memberships) to decide access."""
+
+    name = models.CharField(max_length=100)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Membership(models.Model):
+    """ACL table: read only by parameter querysets."""
+
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="memberships")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
+    role = models.CharField(max_length=20, default="member")
+
+    class Meta:
+        unique_together = [("team", "user")]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.team_id}"
+
+
+class Project(models.Model):
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    team = models.ForeignKey(Team, on_delete=models.CASCADE, related_name="projects")
+    name = models.CharField(max_length=200)
+    lead = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Task(Project):
+    """Multi-table inheritance: the Project part lives in the parent table."""
+
+    done = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Folder(models.Model):
+    """Shared through an explicit through model."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    name = models.CharField(max_length=100)
+    members = models.ManyToManyField(settings.AUTH_USER_MODEL, through="FolderMember", related_name="folders")
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class FolderMember(models.Model):
+    folder = models.ForeignKey(Folder, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    can_edit = models.BooleanField(default=False)
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.folder_id}"
+
+
+def _default_tags() -> list:
+    return []
+
+
+class Document(models.Model):
+    """Every common field type, owned by an ``auth.User`` (integer key), in a folder that may be deleted."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="documents")
+    folder = models.ForeignKey(Folder, null=True, blank=True, on_delete=models.SET_NULL, related_name="documents")
+    shared_with = models.ManyToManyField(settings.AUTH_USER_MODEL, blank=True, related_name="shared_documents")
+    title = models.CharField(max_length=200)
+    body = models.JSONField(default=dict, blank=True)
+    price = models.DecimalField(max_digits=12, decimal_places=2, null=True, blank=True)
+    due = models.DateField(null=True, blank=True)
+    remind_at = models.TimeField(null=True, blank=True)
+    attachment = models.BinaryField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    duration = models.DurationField(null=True, blank=True)
+    rating = models.FloatField(null=True, blank=True)
+    pages = models.PositiveIntegerField(default=0)
+    archived = models.BooleanField(default=False)
+    ref = models.UUIDField(null=True, blank=True)
+    if ON_POSTGRES:
+        from django.contrib.postgres.fields import ArrayField
+
+        tags = ArrayField(models.CharField(max_length=50), default=_default_tags, blank=True)
+
+    def __str__(self) -> str:
+        return self.title
