@@ -127,8 +127,9 @@ process.on('unhandledRejection', (reason) => {
 
 // ---------------------------------------------------------------------------
 // Schema of the demo app (the `id` column is implicit in PowerSync tables).
+// `open` may pass another one as {table: {column: "text" | "integer" | "real"}}.
 
-const schema = new Schema({
+const demoSchema = new Schema({
   lists: new Table({
     name: column.text,
     owner_id: column.text,
@@ -143,6 +144,19 @@ const schema = new Schema({
     completed_at: column.text
   })
 });
+
+function schemaFromSpec(spec) {
+  const tables = {};
+  for (const [table, columns] of Object.entries(spec)) {
+    const cols = {};
+    for (const [name, type] of Object.entries(columns)) {
+      if (!(type in column)) throw new Error(`unknown column type ${type} of ${table}.${name}`);
+      cols[name] = column[type];
+    }
+    tables[table] = new Table(cols);
+  }
+  return new Schema(tables);
+}
 
 // ---------------------------------------------------------------------------
 // State.
@@ -304,14 +318,14 @@ const commands = {
     return { pong: true, pid: process.pid, node: process.version };
   },
 
-  async open({ dbPath: requestedPath, logLevel, readWorkerCount }) {
+  async open({ dbPath: requestedPath, logLevel, readWorkerCount, schema: schemaSpec }) {
     if (db != null) throw new Error(`a database is already open (${dbPath})`);
     if (!requestedPath) throw new Error('dbPath is required');
     minLogLevel = parseLevel(logLevel, LogLevels.debug);
     const absolute = path.resolve(requestedPath);
     mkdirSync(path.dirname(absolute), { recursive: true });
     const database = new PowerSyncDatabase({
-      schema,
+      schema: schemaSpec ? schemaFromSpec(schemaSpec) : demoSchema,
       logger: captureLogger,
       database: {
         dbFilename: path.basename(absolute),

@@ -56,14 +56,15 @@ def node_modules() -> Path:
 
 
 ORM_RUNNER = """
-import json, sys, traceback
+import json, os, sys, traceback
+PRELUDE = os.environ["POWERSYNC_E2E_PRELUDE"]
 import django
 django.setup()
 from django.db import connection
 for line in sys.stdin:
     ns = {}
     try:
-        exec("from demo_project.todos.models import TodoList, Todo\\nresult = None\\n" + json.loads(line), ns)
+        exec(PRELUDE + "\\nresult = None\\n" + json.loads(line), ns)
         out = {"result": ns.get("result")}
     except Exception:
         out = {"error": traceback.format_exc()}
@@ -76,6 +77,8 @@ class Server(LiveServer):
     """The live server plus helpers to run ORM code and make tokens against its database."""
 
     _orm_process: subprocess.Popen | None = None
+    #: Executed before each :meth:`orm` snippet (imports of the project's models).
+    orm_prelude = "from demo_project.todos.models import TodoList, Todo"
 
     def orm(self, code: str) -> object:
         """Run Python code with the demo models in scope in a helper process on the server's database.
@@ -84,7 +87,7 @@ class Server(LiveServer):
         """
         if self._orm_process is None or self._orm_process.poll() is not None:
             env = {**os.environ, **self.env, "DATABASE_URL": self.database_url,
-                   "DJANGO_SETTINGS_MODULE": "demo_project.settings"}
+                   "POWERSYNC_E2E_PRELUDE": self.orm_prelude}
             self._orm_process = subprocess.Popen(
                 [sys.executable, "-c", ORM_RUNNER], cwd=REPO_ROOT, env=env, text=True,
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE,

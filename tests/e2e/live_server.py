@@ -1,6 +1,7 @@
 """A real demo server (daphne + demo_project.asgi) in a subprocess, for the end-to-end tests.
 
-``LiveServer`` migrates the given database, starts ``python -m daphne`` on a free loopback port with
+``LiveServer`` migrates the given database, starts ``python -m daphne`` on a free loopback port (the demo
+project by default, or ``project="schema_project"``, the second test project in ``tests/``) with
 ``DATABASE_URL`` and ``POWERSYNC_JWT_SECRET`` set, and waits until the port accepts connections.
 The server's stdout and stderr go to a temporary log file (:meth:`LiveServer.log_text`).
 :meth:`LiveServer.manage` runs other manage.py commands against the same database and settings.
@@ -56,8 +57,10 @@ class LiveServer:
         startup_timeout: float = 30.0,
         migrate: bool = True,
         start: bool = True,
+        project: str = "demo_project",
     ) -> None:
         self.database_url = database_url
+        self.project = project
         self.jwt_secret = jwt_secret
         self.host = host
         self.port = port
@@ -69,6 +72,9 @@ class LiveServer:
             "DATABASE_URL": database_url,
             "POWERSYNC_JWT_SECRET": jwt_secret,
             "PYTHONUNBUFFERED": "1",  # so the log file is current while the server runs
+            "DJANGO_SETTINGS_MODULE": f"{project}.settings",
+            # The second test project lives in tests/ (schema_project).
+            "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), str(REPO_ROOT / "tests")]),
         }
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_file = tempfile.NamedTemporaryFile(  # noqa: SIM115  (closed in stop())
@@ -159,7 +165,7 @@ class LiveServer:
                 self.host,
                 "-p",
                 str(self.port),
-                "demo_project.asgi:application",
+                f"{self.project}.asgi:application",
             ],
             cwd=REPO_ROOT,
             env=self.env,

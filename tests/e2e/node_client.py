@@ -388,8 +388,11 @@ class NodeClient:
         *,
         log_level: str = "debug",
         read_worker_count: int | None = None,
+        schema: dict[str, dict[str, str]] | None = None,
     ) -> dict[str, Any]:
         """Open (creating if needed) the client database at ``db_path``.
+
+        ``schema``: ``{table: {column: "text" | "integer" | "real"}}`` (default: the demo's lists and todos).
 
         ``log_level`` is the minimum level captured by :meth:`logs` (trace, debug, info, warn, error);
         ``trace`` also records every sync line the core extension processes (verbose).
@@ -398,6 +401,8 @@ class NodeClient:
         args: dict[str, Any] = {"dbPath": os.fspath(db_path), "logLevel": log_level}
         if read_worker_count is not None:
             args["readWorkerCount"] = read_worker_count
+        if schema is not None:
+            args["schema"] = schema
         return self.call("open", args, timeout=60)
 
     def connect(
