@@ -532,9 +532,11 @@ def test_command_options_and_output():
     append({"b": [(i, "PUT", "t", "y", f'{{"v":{i}}}', i) for i in range(21, 31)]})
     set_checkpoint(30)
     out, err = io.StringIO(), io.StringIO()
-    call_command("powersync_compact", "--bucket", "a", "--bucket", "missing", "--min-changed-share", "0",
+    with pytest.raises(CommandError, match="No such bucket: 'missing'"):
+        call_command("powersync_compact", "--bucket", "a", "--bucket", "missing", "--min-changed-share", "0")
+    assert len(stored("a")) == 20  # an unknown name compacts nothing
+    call_command("powersync_compact", "--bucket", "a", "--min-changed-share", "0",
                  "--batch-size", "5", "-v", "2", stdout=out, stderr=err)
-    assert "No bucket 'missing'" in err.getvalue()
     text = out.getvalue()
     assert "[1/1 buckets] 20 ops scanned, 19 moved, 18 removed" in text
     assert "Compacted 1 of 1 buckets (1 changed): 20 -> 2 ops (19 rewritten as MOVE, 18 removed by CLEAR)" in text
@@ -549,6 +551,15 @@ def test_command_options_and_output():
         call_command("powersync_compact", "--batch-size", "1")
     with pytest.raises(CommandError):
         call_command("powersync_compact", "--min-changed-share", "-0.5")
+
+
+@pytest.mark.django_db
+def test_command_unknown_bucket_names_the_stored_form():
+    clean()
+    append({"3#list_todos[\"x\"]": [(1, "PUT", "t", "x", "{}", 1)]})
+    set_checkpoint(1)
+    with pytest.raises(CommandError, match=r"'list_todos\[\"x\"\]' \(did you mean '3#list_todos\[\"x\"\]'\?\)"):
+        call_command("powersync_compact", "--bucket", 'list_todos["x"]')
 
 
 @pytest.mark.django_db

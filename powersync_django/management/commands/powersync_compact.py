@@ -26,7 +26,8 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--bucket", action="append", dest="buckets", metavar="NAME",
-            help='Compact only this bucket id, e.g. \'list_todos["1"]\' (repeatable; default: all buckets).',
+            help="Compact only this bucket, named as stored: with its definitions-version prefix, e.g. "
+                 "'2#list_todos[\"0a3e…\"]' (see `powersync_status` or the admin; repeatable; default: all).",
         )
         parser.add_argument(
             "--min-changed-share", type=float, default=DEFAULT_MIN_SHARE, metavar="SHARE",
@@ -48,9 +49,9 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 2.")
         if names:
             known = set(BucketState.objects.using(using).filter(bucket__in=names).values_list("bucket", flat=True))
-            for name in names:
-                if name not in known:
-                    self.stderr.write(f"No bucket {name!r}: skipped.")
+            missing = [name for name in names if name not in known]
+            if missing:
+                raise CommandError(_unknown_buckets(missing, using))
         verbosity = options["verbosity"]
         last: list[CompactionProgress] = []
         next_line = [time.monotonic() + PROGRESS_EVERY]
@@ -74,6 +75,18 @@ class Command(BaseCommand):
             self.stdout.write(_summary(result))
         if result.rebuilt:
             self.stderr.write("Bucket storage was rebuilt during compaction (definitions changed); stopped early.")
+
+
+def _unknown_buckets(missing: list[str], using: str) -> str:
+    """The error for --bucket names that are not stored, with a hint at the stored form of the name."""
+    hints = []
+    for name in missing:
+        bare = name.split("#", 1)[-1]
+        similar = list(BucketState.objects.using(using).filter(bucket__endswith=f"#{bare}")
+                       .values_list("bucket", flat=True)[:1])
+        hints.append(f"{name!r} (did you mean {similar[0]!r}?)" if similar else repr(name))
+    return ("No such bucket: " + ", ".join(hints) + ". Bucket names carry their definitions-version prefix, "
+            "e.g. '2#list_todos[\"…\"]'; nothing was compacted.")
 
 
 def _progress_line(p: CompactionProgress) -> str:
