@@ -41,6 +41,14 @@ DEFAULTS: dict[str, Any] = {
         # `kid` header written by `powersync_token`, if any.
         "KID": None,
     },
+    # GET <endpoint>/api/token: tokens for logged-in (session) users, for a web app's fetchCredentials.
+    "TOKEN_VIEW": {
+        "ENABLED": True,
+        # Lifetime in seconds (None: JWT.DEFAULT_TTL).
+        "TTL": None,
+        # Dotted path to callable(user) -> dict of extra claims (e.g. parameters), or None.
+        "CLAIMS": None,
+    },
     # How datetimes are written into row data: "space" (reference service: `2026-11-26 05:44:47.992823Z`)
     # or "iso" (`2026-11-26T05:44:47.992823Z`).
     "DATETIME_FORMAT": "space",

@@ -6,7 +6,7 @@ so you may also mount ``powersync_django.api.upload`` at any other path of your 
 
 from django.urls import path
 
-from . import api, views
+from . import api, tokens, views
 
 app_name = "powersync"
 
@@ -14,4 +14,5 @@ urlpatterns = [
     path("sync/stream", views.sync_stream, name="sync-stream"),
     path("write-checkpoint2.json", views.write_checkpoint, name="write-checkpoint"),
     path("api/upload", api.upload, name="upload"),
+    path("api/token", tokens.token, name="token"),
 ]
