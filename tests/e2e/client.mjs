@@ -21,6 +21,7 @@
 
 import { mkdirSync } from 'node:fs';
 import * as path from 'node:path';
+import { pathToFileURL } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import * as readline from 'node:readline';
 
@@ -318,14 +319,21 @@ const commands = {
     return { pong: true, pid: process.pid, node: process.version };
   },
 
-  async open({ dbPath: requestedPath, logLevel, readWorkerCount, schema: schemaSpec }) {
+  async open({ dbPath: requestedPath, logLevel, readWorkerCount, schema: schemaSpec, schemaModule }) {
     if (db != null) throw new Error(`a database is already open (${dbPath})`);
     if (!requestedPath) throw new Error('dbPath is required');
     minLogLevel = parseLevel(logLevel, LogLevels.debug);
     const absolute = path.resolve(requestedPath);
     mkdirSync(path.dirname(absolute), { recursive: true });
+    // schemaModule: a compiled module exporting `AppSchema` (what `manage.py powersync_schema` generates).
+    const schema = schemaModule
+      ? (await import(pathToFileURL(path.resolve(schemaModule)).href)).AppSchema
+      : schemaSpec
+        ? schemaFromSpec(schemaSpec)
+        : demoSchema;
+    if (schema == null) throw new Error(`${schemaModule} does not export AppSchema`);
     const database = new PowerSyncDatabase({
-      schema: schemaSpec ? schemaFromSpec(schemaSpec) : demoSchema,
+      schema,
       logger: captureLogger,
       database: {
         dbFilename: path.basename(absolute),

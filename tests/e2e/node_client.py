@@ -389,10 +389,12 @@ class NodeClient:
         log_level: str = "debug",
         read_worker_count: int | None = None,
         schema: dict[str, dict[str, str]] | None = None,
+        schema_module: str | os.PathLike[str] | None = None,
     ) -> dict[str, Any]:
         """Open (creating if needed) the client database at ``db_path``.
 
-        ``schema``: ``{table: {column: "text" | "integer" | "real"}}`` (default: the demo's lists and todos).
+        ``schema``: ``{table: {column: "text" | "integer" | "real"}}`` (default: the demo's lists and todos);
+        ``schema_module``: instead, a JavaScript module exporting ``AppSchema`` (a compiled generated schema).
 
         ``log_level`` is the minimum level captured by :meth:`logs` (trace, debug, info, warn, error);
         ``trace`` also records every sync line the core extension processes (verbose).
@@ -403,6 +405,8 @@ class NodeClient:
             args["readWorkerCount"] = read_worker_count
         if schema is not None:
             args["schema"] = schema
+        if schema_module is not None:
+            args["schemaModule"] = os.fspath(schema_module)
         return self.call("open", args, timeout=60)
 
     def connect(
