@@ -57,7 +57,7 @@ def configure_connection(sender: Any, connection: BaseDatabaseWrapper, **kwargs:
     raw = connection.connection
     try:
         if "timeout" not in options:
-            raw.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_SECONDS * 1000}")
+            raw.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_SECONDS * 1000)}")
         if _sets_journal_mode(options) or connection.is_in_memory_db():
             return
         if str(raw.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":

@@ -126,12 +126,33 @@ def _query(db: Path, sql: str) -> list[tuple]:
         conn.close()
 
 
-def test_startproject_sqlite_concurrent_app_writes_uploads_and_replication(tmp_path: Path) -> None:
-    db = tmp_path / "db.sqlite3"
-    env = _env(db)
-    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env,
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated startproject-style database file (tests work on copies)."""
+    db = tmp_path_factory.mktemp("startproject") / "db.sqlite3"
+    migrate = subprocess.run([sys.executable, "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=_env(db),
                              capture_output=True, text=True, timeout=300)
     assert migrate.returncode == 0, migrate.stdout + migrate.stderr
+    return db
+
+
+@pytest.fixture
+def db_file(migrated: Path, tmp_path: Path) -> Path:
+    """A copy of the migrated database, in the rollback journal mode a new SQLite database starts in."""
+    db = tmp_path / "db.sqlite3"
+    src, dst = sqlite3.connect(migrated), sqlite3.connect(db)
+    try:
+        src.backup(dst)
+        assert dst.execute("PRAGMA journal_mode=DELETE").fetchone()[0] == "delete"
+    finally:
+        src.close()
+        dst.close()
+    return db
+
+
+def test_startproject_sqlite_concurrent_app_writes_uploads_and_replication(db_file: Path, tmp_path: Path) -> None:
+    db = db_file
+    env = _env(db)
 
     app_log, stop, client_log = tmp_path / "app.log", tmp_path / "stop", tmp_path / "client.json"
     replicator = _popen(["manage.py", "powersync_replicate"], env)
@@ -176,3 +197,51 @@ def test_startproject_sqlite_concurrent_app_writes_uploads_and_replication(tmp_p
     synced = _query(db, "SELECT COUNT(DISTINCT object_id) FROM powersync_django_bucketop "
                         "WHERE object_type = 'todos'")[0][0]
     assert todos == synced >= UPLOADS
+
+
+# Another process holds the write lock for longer than the busy timeout (shortened here to 0.2 s).
+LOCKED = r'''
+import json, sqlite3, sys
+import django
+django.setup()
+from django.conf import settings
+from django.test import Client
+from powersync_django import db
+from powersync_django.auth import make_token
+
+db.BUSY_TIMEOUT_SECONDS = 0.2
+client = Client()  # an exception escaping a view fails this script
+auth = {"HTTP_AUTHORIZATION": f"Token {make_token('alice')}"}
+batch = json.dumps({"batch": [{"op": "PUT", "type": "lists", "id": "0a3e7a0e-8d64-4a36-9c55-8e5b0d0f1c22", "data": {"name": "x"}}]})
+
+
+def result(response):
+    return {"status": response.status_code, "type": response["Content-Type"], "retry_after": response.get("Retry-After"),
+            "body": response.json()}
+
+
+out = {"before": result(client.get("/write-checkpoint2.json", **auth))}
+holder = sqlite3.connect(settings.DATABASES["default"]["NAME"], isolation_level=None)
+holder.execute("BEGIN IMMEDIATE")
+out["upload"] = result(client.post("/api/upload", batch, content_type="application/json", **auth))
+out["checkpoint"] = result(client.get("/write-checkpoint2.json", **auth))
+holder.execute("ROLLBACK")
+out["upload_after"] = result(client.post("/api/upload", batch, content_type="application/json", **auth))
+print("RESULT " + json.dumps(out))
+'''
+
+
+def test_a_database_locked_for_longer_than_the_busy_timeout_answers_503_json(db_file: Path) -> None:
+    run = subprocess.run([sys.executable, "-c", LOCKED], cwd=ROOT, env=_env(db_file), capture_output=True,
+                         text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = json.loads(run.stdout.split("RESULT ", 1)[1])
+    assert out["before"]["status"] == out["upload_after"]["status"] == 200
+    for key in ("upload", "checkpoint"):
+        r = out[key]
+        assert (r["status"], r["type"], r["retry_after"]) == (503, "application/json", "1"), r
+        assert r["body"] == {"error": {"code": "PSYNC_S2003", "status": 503, "name": "ServiceError",
+                                       "description": "The database is busy; retry later"}}
+    # Logged with the traceback.
+    assert run.stderr.count("the database is busy; answered 503") == 2, run.stderr
+    assert "OperationalError: database is locked" in run.stderr
