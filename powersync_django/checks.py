@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -46,9 +47,13 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 
 @checks.register("powersync")
 def check_sqlite(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return sqlite_warnings(settings.DATABASES)
+
+
+def sqlite_warnings(databases: Mapping[str, Mapping[str, Any]]) -> list[checks.CheckMessage]:
     """W020: an SQLite database whose transactions are deferred (what powersync_django cannot change)."""
     messages: list[checks.CheckMessage] = []
-    for alias, conf in settings.DATABASES.items():
+    for alias, conf in databases.items():
         if not _is_sqlite(conf.get("ENGINE")):
             continue
         options = conf.get("OPTIONS") or {}
