@@ -4,6 +4,7 @@ No WAL, deferred transactions, Python's 5 s busy timeout: processes run with ``s
 fresh database file. An app process writes in a loop, a client process uploads and asks for write
 checkpoints, and ``manage.py powersync_replicate`` replicates, all at once. No request may fail with a
 5xx, no replication batch may fail, and checkpoints must keep advancing while the app process writes.
+A write lock held by another process beyond the busy timeout is a JSON 503 with Retry-After.
 """
 
 from __future__ import annotations
