@@ -21,12 +21,12 @@ from rest_framework.permissions import IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
+from rest_framework.views import APIView, set_rollback
 
 from . import upload as uploads
 from .auth import PSYNC_S2106, AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
-from .views import cors
+from .views import cors, server_error
 
 try:
     from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -185,6 +185,9 @@ class UploadView(APIView):
             401: OpenApiResponse(PowerSyncErrorSerializer, description="Missing or invalid token."),
             403: OpenApiResponse(PowerSyncErrorSerializer, description="An operation is not permitted."),
             413: OpenApiResponse(PowerSyncErrorSerializer, description="Too many operations or too large a body."),
+            500: OpenApiResponse(PowerSyncErrorSerializer, description="Unexpected server error (PSYNC_S2001)."),
+            503: OpenApiResponse(PowerSyncErrorSerializer, description="The database is busy (PSYNC_S2003); "
+                                 "retry after `Retry-After` seconds."),
         },
         examples=[OpenApiExample("Batch", request_only=True, value={"batch": [
             {"op": "PUT", "type": "todos", "id": "5f4c0c5e-4d9e-4b1a-9a43-0c2d7e0f6d11",
@@ -202,7 +205,10 @@ class UploadView(APIView):
     def handle_exception(self, exc: Exception) -> Response:
         response = exception_response(exc)
         if response is None:
-            return super().handle_exception(exc)
+            # Unexpected (a busy database, a bug in a hook): a JSON 503/500, never Django's HTML page.
+            body, status, headers = server_error(exc, "upload")
+            set_rollback()
+            response = Response(body, status=status, headers=headers)
         if response.status_code == 401:
             response["WWW-Authenticate"] = self.get_authenticate_header(self.request) or "Token"
         response.exception = True
@@ -320,6 +326,9 @@ def write_checkpoint_schema_hook(result: dict[str, Any], generator: Any, request
                 "schema": {"$ref": "#/components/schemas/PowerSyncWriteCheckpoint"}}}},
             "400": {"description": "client_id is too long.", "content": error},
             "401": {"description": "Missing or invalid token.", "content": error},
+            "500": {"description": "Unexpected server error (PSYNC_S2001).", "content": error},
+            "503": {"description": "The database is busy (PSYNC_S2003); retry after `Retry-After` seconds.",
+                    "content": error},
         },
     }}
     return result

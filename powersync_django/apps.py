@@ -8,6 +8,9 @@ class PowerSyncConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import capture, checks  # noqa: F401  (registers signal receivers and system checks)
+        from django.db.backends.signals import connection_created
+
+        from . import capture, checks, db  # noqa: F401  (registers signal receivers and system checks)
 
         capture.connect_signals()
+        connection_created.connect(db.configure_connection, dispatch_uid="powersync_django.db.configure")

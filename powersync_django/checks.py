@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
+from django.db.utils import load_backend
 
 from . import rules
 from .conf import get_config
+from .db import RECOMMENDED_SQLITE_OPTIONS
 
 
 @checks.register("powersync")
@@ -38,3 +43,36 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         messages.append(checks.Error("POWERSYNC['DATETIME_FORMAT'] must be 'space' or 'iso'.",
                                      id="powersync_django.E011"))
     return messages
+
+
+@checks.register("powersync")
+def check_sqlite(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    return sqlite_warnings(settings.DATABASES)
+
+
+def sqlite_warnings(databases: Mapping[str, Mapping[str, Any]]) -> list[checks.CheckMessage]:
+    """W020: an SQLite database whose transactions are deferred (what powersync_django cannot change)."""
+    messages: list[checks.CheckMessage] = []
+    for alias, conf in databases.items():
+        if not _is_sqlite(conf.get("ENGINE")):
+            continue
+        options = conf.get("OPTIONS") or {}
+        if str(options.get("transaction_mode") or "").upper() == "IMMEDIATE":
+            continue
+        messages.append(checks.Warning(
+            f"SQLite database {alias!r} uses deferred transactions: a transaction of your code that reads and "
+            "then writes fails with 'database is locked' when another connection writes meanwhile (the "
+            "replicator, an upload, another process). powersync_django's own transactions take the write "
+            "lock up front, and it enables WAL and a busy timeout where OPTIONS do not set them.",
+            hint=f"Set DATABASES[{alias!r}]['OPTIONS'] = {json.dumps(RECOMMENDED_SQLITE_OPTIONS)} "
+                 "(with your other options, if any).",
+            id="powersync_django.W020",
+        ))
+    return messages
+
+
+def _is_sqlite(engine: Any) -> bool:
+    try:
+        return load_backend(engine).DatabaseWrapper.vendor == "sqlite"
+    except Exception:  # an unknown backend is Django's own check to report
+        return False

@@ -31,11 +31,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
-from django.db import connections, transaction
+from django.db import connections
 from django.db.models import BigIntegerField, ExpressionWrapper, F, FloatField, QuerySet, Value
 from django.db.models.functions import Greatest
 
 from . import checksums
+from .db import write_transaction
 from .models import BucketOp, BucketState, ReplicationState
 
 DEFAULT_MIN_SHARE = 0.1
@@ -241,7 +242,7 @@ class _Run:
             latest.fill(bucket, upto)
             moved = self._moves(bucket, upto, version, count, latest.name)
             removed = self._clears(bucket, upto, version)
-        with transaction.atomic(using=db):
+        with write_transaction(db):
             self._lock(version)
             # Ops written since this compaction's checkpoint (exact: replication batches wait for the lock).
             pending = BucketOp.objects.using(db).filter(bucket=bucket, op_id__gt=checkpoint).count()
@@ -268,7 +269,7 @@ class _Run:
                 )
                 row = cursor.fetchone()
             high = int(row[0]) if row else upto
-            with transaction.atomic(using=db):
+            with write_transaction(db):
                 self._lock(version)
                 with connections[db].cursor() as cursor:
                     cursor.execute(
@@ -295,7 +296,7 @@ class _Run:
         removed = 0
         start = 0  # ops before the CLEAR made by the previous transaction are gone: skip their dead index entries
         while True:
-            with transaction.atomic(using=db):
+            with write_transaction(db):
                 self._lock(version)
                 with connections[db].cursor() as cursor:
                     cursor.execute(

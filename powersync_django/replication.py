@@ -29,6 +29,7 @@ from django.db import connections, models, transaction
 from . import checksums, notify
 from .capture import OUTBOX_CHANNEL
 from .conf import get_config
+from .db import write_transaction
 from .encoding import snapshot_to_python
 from .models import (
     BucketOp,
@@ -121,7 +122,7 @@ class Replicator:
     def try_acquire(self) -> bool:
         """Take (or renew) the lease; False if another replicator holds it."""
         try:
-            with transaction.atomic(using=self.using):
+            with write_transaction(self.using):
                 state = self._state_for_update()
                 self._hold_lease(state)
                 state.save(using=self.using, update_fields=["lease_owner", "lease_expires"])
@@ -130,7 +131,7 @@ class Replicator:
             return False
 
     def release(self) -> None:
-        with transaction.atomic(using=self.using):
+        with write_transaction(self.using):
             ReplicationState.objects.using(self.using).filter(pk=1, lease_owner=self.owner).update(
                 lease_owner="", lease_expires=0
             )
@@ -145,7 +146,7 @@ class Replicator:
         """
         limit = limit or self.config["REPLICATION_BATCH_SIZE"]
         rules = get_rules()
-        with transaction.atomic(using=self.using):
+        with write_transaction(self.using):
             state = self._state_for_update()
             self._hold_lease(state)
             if state.rules_hash != rules.hash:
@@ -307,7 +308,7 @@ class Replicator:
 
     def request_rebuild(self) -> None:
         """Force a rebuild on the next batch (``manage.py powersync_resync``)."""
-        with transaction.atomic(using=self.using):
+        with write_transaction(self.using):
             state = self._state_for_update()
             self._hold_lease(state)
             state.rules_hash = ""

@@ -14,10 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from django.db import connections, transaction
+from django.db import connections
 
 from . import checksums
 from .conf import get_config
+from .db import write_transaction
 from .models import BucketOp, BucketState, Checkpoint, OutboxEntry, ReplicationState, WriteCheckpoint
 
 T = TypeVar("T")
@@ -206,7 +207,7 @@ def create_write_checkpoint(user_id: str, client_id: str | None, using: str = "d
     from .capture import write_entries
 
     key = write_checkpoint_key(user_id, client_id)
-    with transaction.atomic(using=using):
+    with write_transaction(using):
         wc, _ = WriteCheckpoint.objects.using(using).select_for_update().get_or_create(
             key=key, defaults={"user_id": user_id, "client_id": client_id or ""}
         )

@@ -32,12 +32,13 @@ import orjson
 from django.core.exceptions import ImproperlyConfigured
 from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.db import DataError, IntegrityError, models, router, transaction
+from django.db import DataError, IntegrityError, models, router
 from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 from rest_framework.utils.field_mapping import ClassLookupDict
 
 from .conf import get_config, import_setting
+from .db import write_transaction
 
 logger = logging.getLogger(__name__)
 
@@ -349,7 +350,7 @@ def apply_batch(user: Any, operations: list[Operation], context: Mapping[str, An
     applied = 0
     with ExitStack() as stack:
         for using in databases:
-            stack.enter_context(transaction.atomic(using=using))
+            stack.enter_context(write_transaction(using))
         for operation in operations:
             if _apply(user, operation, tables[operation.table], context or {}):
                 applied += 1

@@ -12,7 +12,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import storage
+from . import db, storage
 from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
 from .protocol import (
@@ -30,10 +30,31 @@ from .sync import SyncSession, aclose_quietly
 logger = logging.getLogger(__name__)
 
 ALLOWED_HEADERS = "Content-Type, Authorization, User-Agent, X-User-Agent"
+# Retry-After (seconds) of a 503 for a busy database.
+RETRY_AFTER_SECONDS = 1
 
 
 def error_response(body: dict[str, Any], status: int) -> JsonResponse:
     return JsonResponse(body, status=status)
+
+
+def server_error(exc: BaseException, where: str) -> tuple[dict[str, Any], int, dict[str, str]]:
+    """Log an exception an endpoint did not handle; return its JSON error body, status and headers.
+
+    A busy database (SQLite ``database is locked``, a PostgreSQL deadlock...) is a 503 ``PSYNC_S2003`` with
+    ``Retry-After``: the client retries. Anything else is a 500 ``PSYNC_S2001``; details stay in the log.
+    """
+    if db.is_busy_error(exc):
+        logger.warning("powersync: %s: the database is busy; answered 503", where, exc_info=exc)
+        error = ProtocolError("The database is busy; retry later", code="PSYNC_S2003", status=503)
+        return error.as_json(), 503, {"Retry-After": str(RETRY_AFTER_SECONDS)}
+    logger.error("powersync: %s failed", where, exc_info=exc)
+    return ProtocolError("Something went wrong", code="PSYNC_S2001", status=500).as_json(), 500, {}
+
+
+def server_error_response(exc: BaseException, where: str) -> JsonResponse:
+    body, status, headers = server_error(exc, where)
+    return JsonResponse(body, status=status, headers=headers)
 
 
 def _cors(request: HttpRequest, response: HttpResponse) -> HttpResponse:
@@ -49,7 +70,10 @@ def _cors(request: HttpRequest, response: HttpResponse) -> HttpResponse:
 
 
 def cors(methods: str) -> Callable:
-    """Answer CORS preflights and add CORS headers (protocol.md §3.4)."""
+    """Answer CORS preflights and add CORS headers (protocol.md §3.4).
+
+    An exception the view raises becomes a JSON error (:func:`server_error`), never Django's HTML page.
+    """
 
     def decorator(view: Callable) -> Callable:
         @wraps(view)
@@ -64,7 +88,11 @@ def cors(methods: str) -> Callable:
                 body = {"error": {"code": "PSYNC_S2002", "status": 405, "description": "Method not allowed",
                                   "name": "RouteNotFound"}}
                 return _cors(request, error_response(body, 405))
-            return _cors(request, await view(request, *args, **kwargs))
+            try:
+                response = await view(request, *args, **kwargs)
+            except Exception as exc:
+                response = server_error_response(exc, f"{request.method} {request.path}")
+            return _cors(request, response)
 
         return csrf_exempt(wrapped)
 
