@@ -128,8 +128,8 @@ class SyncSession:
             wait = max(0.0, min(next_keepalive - now, expires_in - EXPIRY_WARNING_SECONDS
                                 if expires_in > EXPIRY_WARNING_SECONDS else expires_in))
             if pending_recheck:
-                changes = self.hub.changes_since(self.cursor) if self.hub.latest_id > self.cursor else None
-                changes = changes or Changes.everything(self.cursor)
+                # All buckets as of the newest checkpoint (compacted past the one withheld, which is older).
+                changes = Changes.everything(max(self.cursor, self.hub.latest_id))
             else:
                 changes = await self.hub.wait_changes(self.cursor, wait)
             if changes is None:
@@ -176,7 +176,9 @@ class SyncSession:
 
         The diff is computed as of ``changes.last_id`` (or of the checkpoint last sent, when that is newer: it
         already contains those changes), never of a newer one: buckets changed by later batches are not among
-        ``changes`` and are handled by the next call.
+        ``changes`` and are handled by the next call. Only when every bucket is a candidate (``changes.buckets``
+        is None) is the newest checkpoint read: later changes then add nothing the diff does not cover, and
+        the next calls re-check them against it.
         """
         entitled = self.entitled
         if changes.touches_models(self.rules.parameter_models):
@@ -190,16 +192,14 @@ class SyncSession:
         if not candidates and not set_changed and not wc_touched and not force:
             return None, None, []
         target = max(changes.last_id, self.checkpoint_id)
-        state = await storage.run(storage.read_checkpoint, candidates, self.using, at=target,
+        state = await storage.run(storage.read_checkpoint, candidates, self.using,
+                                  at=None if changes.buckets is None else target,
                                   wc_key=self.wc_key if wc_touched else None)
         if state.rules_version != self.version:
             return None
-        if state.checkpoint_id > target:
-            # The checkpoint was pruned meanwhile and the newest one was read: its changes are not all known,
-            # so look at everything as of that one.
-            self.cursor = state.checkpoint_id
-            return await self._diff(Changes.everything(state.checkpoint_id), force=force)
-        self.cursor = min(self.cursor, state.checkpoint_id)
+        if state.checkpoint_id > target and changes.buckets is not None:
+            # The checkpoint was pruned meanwhile and the newest one was read instead: re-check everything.
+            return await self._diff(Changes.everything(changes.last_id), force=force)
         wc = self.write_checkpoint
         if state.write_checkpoint is not None:
             wc = state.write_checkpoint
