@@ -12,8 +12,10 @@ import asyncio
 import threading
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.db import connection, connections
+from django.test import override_settings
 from sync_client import ClientModel
 from test_sync import claims, in_thread, take_until
 
@@ -36,10 +38,10 @@ def using(tmp_path):
     if connection.vendor != "sqlite":
         yield "default"
         return
-    settings = dict(connections.settings["default"])
-    settings.update(ENGINE="unlisted_sqlite", NAME=str(tmp_path / "wal.sqlite3"),
-                    TEST={**settings["TEST"], "NAME": None})
-    connections.settings[WAL_ALIAS] = settings
+    cfg = dict(connections.settings["default"])
+    cfg.update(ENGINE="unlisted_sqlite", NAME=str(tmp_path / "wal.sqlite3"),
+               TEST={**cfg["TEST"], "NAME": None})
+    connections.settings[WAL_ALIAS] = cfg
     try:
         call_command("migrate", database=WAL_ALIAS, verbosity=0)
         yield WAL_ALIAS
@@ -199,14 +201,17 @@ def test_stream_opened_before_the_first_checkpoint_is_woken_by_it():
         await session.prepare()
         gen = session.lines()
         first = await take_until(gen, "checkpoint_complete")
+        waiting = asyncio.ensure_future(anext(gen, None))  # the stream waits for a checkpoint
+        await asyncio.sleep(0)
         await in_thread(replicate_now)()  # the first checkpoint: bucket storage built (version 1)
-        async with asyncio.timeout(10):
-            rest = [line async for line in gen]
+        async with asyncio.timeout(10):  # no keepalive wake-up before (an hour); the hub must wake it
+            rest = [await waiting] + [line async for line in gen]
         return first, rest
 
-    first, rest = asyncio.run(run())
+    with override_settings(POWERSYNC={**settings.POWERSYNC, "KEEPALIVE_SECONDS": 3600}):
+        first, rest = asyncio.run(run())
     assert first[0]["checkpoint"]["last_op_id"] == "0"
-    assert rest == []  # definitions version changed: the stream ended so the client reconnects
+    assert rest == [None]  # definitions version changed: the stream ended so the client reconnects
 
 
 # --- 4. checkpoints the hub missed ------------------------------------------------------------------
