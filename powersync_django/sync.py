@@ -142,7 +142,7 @@ class SyncSession:
                         next_keepalive = time.monotonic() + self.claims.expires_in()
                 continue
             self.cursor = changes.last_id
-            diff = await self._diff(changes, force=pending_recheck)  # may move self.cursor (pruned checkpoints)
+            diff = await self._diff(changes, force=pending_recheck)
             pending_recheck = False
             if diff is None:
                 return  # definitions changed: end the stream, the client reconnects
