@@ -109,9 +109,11 @@ class CheckpointHub:
     def __init__(self, using: str = "default") -> None:
         self.using = using
         self.latest_id = 0
-        # Every event with an id above this one is in ``events``.
+        # Every event with an id above this one is in ``events``: a stream at an older checkpoint may have
+        # missed changes (events dropped from the deque, checkpoint rows pruned) and re-checks everything.
         self.known_from = 0
         self.events: deque[CheckpointEvent] = deque(maxlen=RECENT_EVENTS)
+        self.initialised = False
         self.closed = False
         self._changed = asyncio.Event()
         self._poke = asyncio.Event()
@@ -162,7 +164,7 @@ class CheckpointHub:
 
     def changes_since(self, after_id: int) -> Changes:
         if after_id < self.known_from:
-            # Older than what we remember: assume everything changed.
+            # Older than what we know all changes since: assume everything changed.
             return Changes.everything(self.latest_id)
         events = [e for e in self.events if e.id > after_id]
         buckets: set[str] | None = set()
@@ -185,12 +187,13 @@ class CheckpointHub:
         while not self.closed:
             try:
                 newest = await storage.run(storage.latest_checkpoint_id, self.using)
-                if newest > self.latest_id:
-                    if self.latest_id == 0:
-                        self.latest_id = self.known_from = newest
-                    else:
-                        rows = await storage.run(storage.checkpoints_after, self.latest_id, self.using)
-                        self._publish(rows)
+                if not self.initialised:
+                    # Baseline (possibly 0: no checkpoint yet); streams start from it.
+                    self.latest_id = self.known_from = newest
+                    self.initialised = True
+                elif newest > self.latest_id:
+                    rows = await storage.run(storage.checkpoints_from, self.latest_id, self.using)
+                    self._publish(rows)
                 self._ready.set()
             except asyncio.CancelledError:
                 raise
@@ -204,9 +207,21 @@ class CheckpointHub:
                 pass
 
     def _publish(self, rows: list[tuple]) -> None:
+        """Publish the checkpoint rows read from ``latest_id`` on (``latest_id`` itself first, if it still exists).
+
+        If it does not, the replicator pruned it and maybe later ones before we read them: their changes are
+        unknown, so streams at any checkpoint before the first row read re-check everything.
+        """
+        if not rows or rows[0][0] != self.latest_id:
+            self.known_from = max(self.known_from, rows[0][0] - 1 if rows else self.latest_id)
+            if self.latest_id:
+                logger.warning("powersync: checkpoints after %s were pruned before this process read them; "
+                               "its streams re-check all their buckets", self.latest_id)
         for cid, last_op, buckets, models, keys in rows:
+            if cid <= self.latest_id:
+                continue
             if len(self.events) == self.events.maxlen:
-                self.known_from = self.events[0].id
+                self.known_from = max(self.known_from, self.events[0].id)
             self.events.append(
                 CheckpointEvent(
                     id=cid,

@@ -1,7 +1,8 @@
 """Read side of bucket storage for sync streams, run on a small pool of database threads.
 
-Each thread keeps its own Django connection. Reads are plain SQL on indexed columns: the current checkpoint
-with the checksums of a set of buckets, and a bucket's ops after a position, in pages.
+Each thread keeps its own Django connection. Reads are plain SQL on indexed columns: a checkpoint with the
+checksums of a set of buckets and the write checkpoint of a client, all from one snapshot (``read_snapshot``),
+and a bucket's ops after a position, in pages.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from django.db import connections
+import orjson
+from django.db import connections, transaction
 
 from . import checksums
 from .conf import get_config
@@ -94,14 +97,45 @@ def latest_checkpoint_id(using: str = "default") -> int:
     return int(row[0] or 0)
 
 
-def checkpoints_after(after_id: int, using: str = "default") -> list[tuple]:
+def checkpoints_from(first_id: int, using: str = "default") -> list[tuple]:
+    """Checkpoint rows with ``id >= first_id``, ascending (the hub checks that ``first_id`` still exists)."""
     with connections[using].cursor() as cursor:
         cursor.execute(
             f"SELECT id, last_op_id, changed_buckets, changed_models, write_checkpoints FROM {_table(Checkpoint)} "
-            "WHERE id > %s ORDER BY id",
-            [after_id],
+            "WHERE id >= %s ORDER BY id",
+            [first_id],
         )
         return cursor.fetchall()
+
+
+@contextmanager
+def read_snapshot(using: str = "default") -> Iterator[Any]:
+    """A cursor whose reads all see one snapshot of the database.
+
+    PostgreSQL: a REPEATABLE READ, READ ONLY transaction. SQLite: a DEFERRED transaction begun by hand (Django's
+    ``atomic()`` would begin it with the configured ``transaction_mode``, e.g. IMMEDIATE, which takes the write
+    lock); in WAL mode its snapshot is fixed by its first read. Inside a caller's transaction, that one is used.
+    """
+    conn = connections[using]
+    if conn.in_atomic_block:
+        with conn.cursor() as cursor:
+            yield cursor
+        return
+    if conn.vendor == "sqlite":
+        with conn.cursor() as cursor:
+            cursor.execute("BEGIN DEFERRED")
+            try:
+                yield cursor
+            except BaseException:
+                if conn.connection is not None and conn.connection.in_transaction:
+                    conn.connection.rollback()
+                raise
+            cursor.execute("COMMIT")
+        return
+    with transaction.atomic(using=using), conn.cursor() as cursor:
+        if conn.vendor == "postgresql":
+            cursor.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        yield cursor
 
 
 @dataclass(frozen=True)
@@ -114,48 +148,95 @@ class BucketChecksum:
 
 @dataclass(frozen=True)
 class CheckpointState:
+    """A checkpoint as read in one snapshot.
+
+    ``write_checkpoint``: the replicated write checkpoint of the requested key at this checkpoint; None when not
+    requested or not known at it (the key advanced in a later checkpoint: report it with that one).
+    ``compacted_to``: the newest compaction checkpoint of any requested bucket (protocol.md §10.5).
+    """
+
     last_op_id: int
     rules_version: int
     buckets: dict[str, BucketChecksum]
+    checkpoint_id: int = 0
+    write_checkpoint: int | None = None
+    compacted_to: int = 0
 
 
-def read_checkpoint(buckets: list[str], using: str = "default") -> CheckpointState:
-    """The current checkpoint and, for each bucket that has ops, its checksum and count at that checkpoint.
+def read_checkpoint(buckets: list[str], using: str = "default", *, at: int | None = None,
+                    wc_key: str | None = None) -> CheckpointState:
+    """A checkpoint and, for each bucket that has ops at it, its checksum and count, from one snapshot.
 
-    Bucket totals are read after the checkpoint; a bucket updated by a batch committed in between has ops
-    beyond the checkpoint, which are subtracted, so the values are exactly those of the checkpoint.
+    ``at``: the checkpoint id to read (default: the newest). Bucket totals are current; a bucket updated by a
+    later batch has ops beyond that checkpoint, which are subtracted, so the values are exactly those of the
+    checkpoint (unless the bucket was compacted past it: see ``compacted_to``). When ``at`` no longer exists
+    (pruned), the newest checkpoint is read: ``checkpoint_id`` says which one was.
+    ``wc_key``: also read that key's replicated write checkpoint, as of the checkpoint.
     """
-    with connections[using].cursor() as cursor:
-        cursor.execute(f"SELECT last_op_id, rules_version FROM {_table(ReplicationState)} WHERE id = 1")
+    with read_snapshot(using) as cursor:
+        cursor.execute(
+            f"SELECT last_op_id, rules_version, (SELECT MAX(id) FROM {_table(Checkpoint)}) "
+            f"FROM {_table(ReplicationState)} WHERE id = 1"
+        )
         row = cursor.fetchone()
-        last_op_id, version = (int(row[0]), int(row[1])) if row else (0, 0)
-        out: dict[str, BucketChecksum] = {}
-        table = _table(BucketState)
-        for start in range(0, len(buckets), 500):
-            chunk = buckets[start:start + 500]
-            marks = ",".join(["%s"] * len(chunk))
-            cursor.execute(
-                f"SELECT bucket, checksum, count, last_op_id, compacted_to FROM {table} WHERE bucket IN ({marks})", chunk
-            )
-            for bucket, checksum, count, bucket_last, compacted_to in cursor.fetchall():
-                if bucket_last > last_op_id:
-                    cursor.execute(
-                        f"SELECT COALESCE(SUM(checksum), 0), COUNT(*), COALESCE(MAX(op_id), 0) FROM {_table(BucketOp)} "
-                        "WHERE bucket = %s AND op_id > %s",
-                        [bucket, last_op_id],
-                    )
-                    extra_sum, extra_count, _ = cursor.fetchone()
-                    checksum = (checksum - int(extra_sum)) & checksums.MASK
-                    count -= extra_count
-                    cursor.execute(
-                        f"SELECT COALESCE(MAX(op_id), 0) FROM {_table(BucketOp)} WHERE bucket = %s AND op_id <= %s",
-                        [bucket, last_op_id],
-                    )
-                    bucket_last = int(cursor.fetchone()[0])
-                    if count <= 0:
-                        continue
-                out[bucket] = BucketChecksum(int(checksum), int(count), int(bucket_last), int(compacted_to))
-    return CheckpointState(last_op_id, version, out)
+        newest_op, version, newest_id = (int(row[0]), int(row[1]), int(row[2] or 0)) if row else (0, 0, 0)
+        checkpoint_id, last_op_id = newest_id, newest_op
+        if at is not None and at < newest_id:
+            cursor.execute(f"SELECT last_op_id FROM {_table(Checkpoint)} WHERE id = %s", [at])
+            found = cursor.fetchone()
+            if found is not None:
+                checkpoint_id, last_op_id = at, int(found[0])
+        out, compacted_to = _bucket_checksums(cursor, buckets, last_op_id)
+        write_checkpoint = None
+        if wc_key is not None:
+            cursor.execute(f"SELECT replicated FROM {_table(WriteCheckpoint)} WHERE key = %s", [wc_key])
+            found = cursor.fetchone()
+            write_checkpoint = int(found[0]) if found else 0
+            if checkpoint_id < newest_id and _key_advanced_after(cursor, wc_key, checkpoint_id):
+                write_checkpoint = None
+    return CheckpointState(last_op_id, version, out, checkpoint_id, write_checkpoint, compacted_to)
+
+
+def _bucket_checksums(cursor: Any, buckets: list[str], last_op_id: int) -> tuple[dict[str, BucketChecksum], int]:
+    """Checksums of ``buckets`` at ``last_op_id`` and their newest ``compacted_to``."""
+    out: dict[str, BucketChecksum] = {}
+    compacted = 0
+    table = _table(BucketState)
+    for start in range(0, len(buckets), 500):
+        chunk = buckets[start:start + 500]
+        marks = ",".join(["%s"] * len(chunk))
+        cursor.execute(
+            f"SELECT bucket, checksum, count, last_op_id, compacted_to FROM {table} WHERE bucket IN ({marks})", chunk
+        )
+        for bucket, checksum, count, bucket_last, compacted_to in cursor.fetchall():
+            compacted = max(compacted, int(compacted_to))
+            if bucket_last > last_op_id:
+                cursor.execute(
+                    f"SELECT COALESCE(SUM(checksum), 0), COUNT(*) FROM {_table(BucketOp)} "
+                    "WHERE bucket = %s AND op_id > %s",
+                    [bucket, last_op_id],
+                )
+                extra_sum, extra_count = cursor.fetchone()
+                checksum = (checksum - int(extra_sum)) & checksums.MASK
+                count -= extra_count
+                cursor.execute(
+                    f"SELECT COALESCE(MAX(op_id), 0) FROM {_table(BucketOp)} WHERE bucket = %s AND op_id <= %s",
+                    [bucket, last_op_id],
+                )
+                bucket_last = int(cursor.fetchone()[0])
+                if count <= 0:
+                    continue
+            out[bucket] = BucketChecksum(int(checksum), int(count), int(bucket_last), int(compacted_to))
+    return out, compacted
+
+
+def _key_advanced_after(cursor: Any, key: str, checkpoint_id: int) -> bool:
+    """Whether a checkpoint after ``checkpoint_id`` advanced write checkpoint ``key``."""
+    cursor.execute(
+        f"SELECT write_checkpoints FROM {_table(Checkpoint)} WHERE id > %s AND write_checkpoints <> '[]'",
+        [checkpoint_id],
+    )
+    return any(key in orjson.loads(text) for (text,) in cursor.fetchall())
 
 
 def max_compacted_to(buckets: list[str], using: str = "default") -> int:

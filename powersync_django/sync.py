@@ -52,7 +52,10 @@ class SyncSession:
         self.sent: dict[str, tuple[int, int]] = {}
         self.write_checkpoint = 0
         self.version = 0
+        # Last checkpoint whose changes were looked at (hub events up to it are handled).
         self.cursor = 0
+        # Checkpoint of the last checkpoint/checkpoint_diff line sent: the client's position after it.
+        self.checkpoint_id = 0
         self.hub = None
 
     # --- setup ---------------------------------------------------------------------------------
@@ -93,10 +96,13 @@ class SyncSession:
             return
         if self.hub is None:
             await self.prepare()
-        state = await storage.run(storage.read_checkpoint, sorted(self.entitled), self.using)
+        # One snapshot: bucket checksums and the write checkpoint of the same checkpoint (a write is never
+        # acknowledged before the data containing it).
+        state = await storage.run(storage.read_checkpoint, sorted(self.entitled), self.using, wc_key=self.wc_key)
         if state.rules_version != self.version:
             return
-        self.write_checkpoint = await storage.run(storage.replicated_write_checkpoint, self.wc_key, self.using)
+        self.write_checkpoint = state.write_checkpoint or 0
+        self.checkpoint_id = state.checkpoint_id
         buckets = [self._bucket_entry(b, state) for b in sorted(self.entitled)]
         line: dict[str, Any] = {"last_op_id": str(state.last_op_id), "buckets": buckets}
         if self.write_checkpoint:
@@ -122,8 +128,8 @@ class SyncSession:
             wait = max(0.0, min(next_keepalive - now, expires_in - EXPIRY_WARNING_SECONDS
                                 if expires_in > EXPIRY_WARNING_SECONDS else expires_in))
             if pending_recheck:
-                changes = self.hub.changes_since(self.cursor) if self.hub.latest_id > self.cursor else None
-                changes = changes or Changes.everything(self.cursor)
+                # All buckets as of the newest checkpoint (compacted past the one withheld, which is older).
+                changes = Changes.everything(max(self.cursor, self.hub.latest_id))
             else:
                 changes = await self.hub.wait_changes(self.cursor, wait)
             if changes is None:
@@ -167,6 +173,12 @@ class SyncSession:
         """(diff line or None if nothing changed for us, state, buckets to fetch); None if definitions changed.
 
         ``force``: the last checkpoint was not completed (invalidated), so a diff is sent even if empty.
+
+        The diff is computed as of ``changes.last_id`` (or of the checkpoint last sent, when that is newer: it
+        already contains those changes), never of a newer one: buckets changed by later batches are not among
+        ``changes`` and are handled by the next call. Only when every bucket is a candidate (``changes.buckets``
+        is None) is the newest checkpoint read: later changes then add nothing the diff does not cover, and
+        the next calls re-check them against it.
         """
         entitled = self.entitled
         if changes.touches_models(self.rules.parameter_models):
@@ -179,12 +191,18 @@ class SyncSession:
         wc_touched = changes.touches_key(self.wc_key)
         if not candidates and not set_changed and not wc_touched and not force:
             return None, None, []
-        state = await storage.run(storage.read_checkpoint, candidates, self.using)
+        target = max(changes.last_id, self.checkpoint_id)
+        state = await storage.run(storage.read_checkpoint, candidates, self.using,
+                                  at=None if changes.buckets is None else target,
+                                  wc_key=self.wc_key if wc_touched else None)
         if state.rules_version != self.version:
             return None
+        if state.checkpoint_id > target and changes.buckets is not None:
+            # The checkpoint was pruned meanwhile and the newest one was read instead: re-check everything.
+            return await self._diff(Changes.everything(changes.last_id), force=force)
         wc = self.write_checkpoint
-        if wc_touched:
-            wc = await storage.run(storage.replicated_write_checkpoint, self.wc_key, self.using)
+        if state.write_checkpoint is not None:
+            wc = state.write_checkpoint
         removed = sorted(set(self.entitled) - set(entitled))
         self.entitled = entitled
         updated = []
@@ -199,6 +217,7 @@ class SyncSession:
         if not updated and not removed and wc == self.write_checkpoint and not force:
             return None, state, []
         self.write_checkpoint = wc
+        self.checkpoint_id = state.checkpoint_id
         line: dict[str, Any] = {"last_op_id": str(state.last_op_id)}
         if wc:
             line["write_checkpoint"] = str(wc)
@@ -225,12 +244,25 @@ class SyncSession:
             group = sorted(by_priority[priority])
             async for line in self._pages(state, group):
                 yield line
-            if group and await storage.run(storage.max_compacted_to, group, self.using) > upto:
-                yield _INVALIDATED  # compacted past this checkpoint while we read it (protocol.md §10.5)
-                return
             if index < len(priorities) - 1:
+                # The client validates every bucket of priority <= this one, with data sent or not.
+                if await self._compacted_past(state, [b for b in buckets if self.entitled[b][1] <= priority]):
+                    yield _INVALIDATED
+                    return
                 yield {"partial_checkpoint_complete": {"last_op_id": str(upto), "priority": priority}}
+        if await self._compacted_past(state, buckets):
+            yield _INVALIDATED
+            return
         yield {"checkpoint_complete": {"last_op_id": str(upto)}}
+
+    async def _compacted_past(self, state: storage.CheckpointState, buckets: list[str]) -> bool:
+        """Whether any of ``buckets`` was compacted past this checkpoint (before or while it was read): its
+        checksums (computed back from later totals) or data may be inconsistent (protocol.md §10.5)."""
+        if state.compacted_to > state.last_op_id:
+            return True
+        if not buckets:
+            return False
+        return await storage.run(storage.max_compacted_to, buckets, self.using) > state.last_op_id
 
     async def _pages(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[dict[str, Any]]:
         upto = state.last_op_id
