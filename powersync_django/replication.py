@@ -176,13 +176,14 @@ class Replicator:
                 continue
             model = model_cache.get(entry.model) or _model_for(entry.model, rules)
             model_cache[entry.model] = model
+            # Rows read by parameter querysets: which open streams re-evaluate their bucket set.
+            batch.models.update(rules.change_keys(entry.model, entry.snapshot))
             if model is None:
-                continue  # a model no longer tracked: nothing to sync
+                continue  # not synced (only read by parameter querysets, or no longer tracked)
             key = source_key(entry.model, entry.object_pk)
             row = decode_snapshot(model, entry.snapshot) if entry.op == OutboxEntry.SAVE and entry.snapshot else None
             new = rules.row_buckets(entry.model, row, state.rules_version)
             memberships[key] = batch.apply_row(memberships.get(key, []), new)
-            batch.models.add(entry.model)
         self._write_ops(batch)
         self._write_memberships({k: memberships[k] for k in sources if k in memberships})
         self._apply_markers(markers)
