@@ -242,6 +242,8 @@ class Rules:
                 continue
             d = self.definitions[q.definition]
             param_values = [_param_value(q, row, p) for p in d.parameter_names]
+            if any(v is None for v in param_values):
+                continue  # NULL equals no parameter value (SQL semantics): in no bucket
             object_id, data = q.render(row)
             out.append((bucket_id(d.name, param_values, version), q.table, object_id, data))
         return out
@@ -298,14 +300,13 @@ def hint_value(f: models.Field, value: Any) -> str | None:
 
 
 def _request_params(fields: Mapping[str, models.Field], names: list[str], values: Iterable[Any]) -> list[Any] | None:
-    """Encoded parameter values of a request, coerced to the bound fields; None if one does not fit."""
+    """Encoded parameter values of a request, coerced to the bound fields; None if one does not fit or is null."""
     out = []
     for name, value in zip(names, values, strict=True):
         f = fields.get(name)
-        if f is not None and value is not None:
-            value = coerce(f, value)
-            if value is None:
-                return None
+        value = coerce(f, value) if f is not None else value
+        if value is None:
+            return None  # does not fit the field, or NULL: no row is in such a bucket
         out.append(_encode_param(value))
     return out
 
