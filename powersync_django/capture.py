@@ -215,30 +215,41 @@ def _on_m2m_changed(sender: type[models.Model], instance: models.Model, action: 
         record_changed(sender, pks, using=using, previous={})
 
 
-# --- on_delete=SET_NULL / SET_DEFAULT / SET(...) ----------------------------------------------------
+# --- on_delete=SET_NULL / SET_DEFAULT / SET(...), cascades into auto-created through tables ----------
 
-_SET = "_powersync_set_on_delete"
+_SILENT = "_powersync_silent_on_delete"
 _NOT_UPDATING = (models.CASCADE, models.PROTECT, models.RESTRICT, models.DO_NOTHING)
 
 
 def _on_referenced_pre_delete(sender: type[models.Model], instance: models.Model, using: str = "default",
                               **kwargs: Any) -> None:
-    """Rows of tracked models pointing at a row being deleted, which Django updates without signals."""
+    """Rows of tracked models pointing at a row being deleted, which Django changes without signals: updated
+    by ``SET_NULL``/``SET_DEFAULT``/``SET(...)``, or deleted rows of auto-created many-to-many tables."""
     found = []
-    for model, fk in _plan().set_on_delete.get(label_of(sender), ()):
+    for model, fk in _plan().silent_on_delete.get(label_of(sender), ()):
         if not is_tracked(model):
             continue
-        pks = list(model._base_manager.using(using).filter(**{fk.name: instance}).values_list("pk", flat=True))
-        if pks:
-            found.append((model, fk, pks, getattr(instance, fk.target_field.attname)))
+        rows = model._base_manager.using(using).filter(**{fk.name: instance})
+        if model._meta.auto_created:
+            gone = list(_locking(rows))
+            if gone:
+                found.append((model, fk, gone, None))
+        else:
+            pks = list(rows.values_list("pk", flat=True))
+            if pks:
+                found.append((model, fk, pks, getattr(instance, fk.target_field.attname)))
     if found:
-        instance.__dict__[_SET] = found
+        instance.__dict__[_SILENT] = found
 
 
 def _on_referenced_post_delete(sender: type[models.Model], instance: models.Model, using: str = "default",
                                **kwargs: Any) -> None:
-    for model, fk, pks, old in instance.__dict__.pop(_SET, ()):
-        record_changed(model, pks, using=using, previous={str(pk): {fk.attname: old} for pk in pks})
+    for model, fk, rows, old in instance.__dict__.pop(_SILENT, ()):
+        if model._meta.auto_created:
+            rules = get_rules()
+            write_entries([_delete_entry(model, row, rules) for row in rows], using)
+        else:
+            record_changed(model, rows, using=using, previous={str(pk): {fk.attname: old} for pk in rows})
 
 
 @dataclass
@@ -247,8 +258,9 @@ class _Plan:
 
     # through model label -> its many-to-many field
     through: dict[str, models.ManyToManyField] = field(default_factory=dict)
-    # referenced model label -> (tracked model, foreign key updated by Django on delete)
-    set_on_delete: dict[str, list[tuple[type[models.Model], models.ForeignKey]]] = field(default_factory=dict)
+    # referenced model label -> (tracked model, its foreign key Django updates, or deletes through, without
+    # signals when a referenced row is deleted)
+    silent_on_delete: dict[str, list[tuple[type[models.Model], models.ForeignKey]]] = field(default_factory=dict)
     # label -> tracked multi-table inheritance (parents, descendants), for models that have some
     family: dict[str, tuple[list, list]] = field(default_factory=dict)
 
@@ -273,8 +285,11 @@ def _plan() -> _Plan:
         if model._meta.proxy or label_of(model) not in rules.captured_labels:
             continue
         for f in model._meta.local_concrete_fields:
-            if f.remote_field is not None and getattr(f.remote_field, "on_delete", None) not in (None, *_NOT_UPDATING):
-                plan.set_on_delete.setdefault(label_of(f.remote_field.model), []).append((model, f))
+            on_delete = getattr(f.remote_field, "on_delete", None)
+            if on_delete is None or (on_delete in _NOT_UPDATING and not (model._meta.auto_created
+                                                                       and on_delete is models.CASCADE)):
+                continue
+            plan.silent_on_delete.setdefault(label_of(f.remote_field.model), []).append((model, f))
     _plan_cache[:] = [(rules, plan)]
     return plan
 
@@ -314,7 +329,7 @@ def _track(model: type[models.Model]) -> None:
         tracked = is_tracked(model)
     except ImproperlyConfigured:
         return  # reported by the system checks
-    if label_of(model) in plan.set_on_delete:
+    if label_of(model) in plan.silent_on_delete:
         pre_delete.connect(_on_referenced_pre_delete, sender=model, dispatch_uid="powersync_django.capture.set_pre")
         post_delete.connect(_on_referenced_post_delete, sender=model, dispatch_uid="powersync_django.capture.set_post")
     if not tracked:

@@ -186,6 +186,24 @@ def test_auto_created_m2m_add_remove_set_clear_both_directions(people):
     assert changed_models() == [f"{THROUGH}|user_id={bob.pk}"]
 
 
+def test_cascades_into_the_auto_created_table_are_captured(people):
+    alice, bob = people
+    doc = Document.objects.create(owner=alice, title="d")
+    kept = Document.objects.create(owner=alice, title="kept")
+    doc.shared_with.add(alice, bob)
+    kept.shared_with.add(bob)
+    replicate_now()
+    doc_pk = str(doc.pk)
+    doc.delete()  # Django deletes its through rows without signals
+    gone = [(op, s["document_id"], s["user_id"]) for (_, _, op), s in zip(entries(THROUGH), snapshots(THROUGH),
+                                                                          strict=True)]
+    assert sorted(gone) == sorted([("D", doc_pk, alice.pk), ("D", doc_pk, bob.pk)])
+    assert changed_models() == sorted(f"{THROUGH}|user_id={u.pk}" for u in (alice, bob))
+    bob.delete()
+    assert [(op, s["document_id"]) for (_, _, op), s in zip(entries(THROUGH), snapshots(THROUGH), strict=True)] == [
+        ("D", str(kept.pk))]
+
+
 def test_explicit_through_model_writes_are_captured(people):
     alice, bob = people
     folder = Folder.objects.create(name="f")
