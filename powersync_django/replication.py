@@ -191,7 +191,7 @@ class Replicator:
         state.last_op_id = batch.next_op - 1
         state.outbox_position = max(state.outbox_position, entries[-1].id)
         state.save(using=db)
-        return self._checkpoint(state, batch.deltas.keys(), batch.models, markers.keys())
+        return self._checkpoint(state, batch.deltas.keys(), rules.bounded_keys(batch.models), markers.keys())
 
     def _write_ops(self, batch: _Batch) -> None:
         db = self.using

@@ -23,6 +23,10 @@ from .encoding import encode_value, snapshot_to_python
 
 ROW_LOOKUPS = {"exact", "iexact", "isnull", "in", "gt", "gte", "lt", "lte", "startswith", "endswith", "contains"}
 DEFAULT_PRIORITY = 3
+# Snapshot key of the targeted values a row had before a change (see Rules.change_keys).
+OLD_VALUES = "__powersync_old__"
+# A checkpoint lists at most this many change keys; beyond that, the labels of the changed models.
+MAX_CHANGE_KEYS = 500
 
 
 @dataclass(frozen=True)
@@ -224,6 +228,12 @@ class Rules:
                     keys.append(change_key(label, attname, value))
         return keys
 
+    @staticmethod
+    def bounded_keys(keys: Iterable[str], limit: int = MAX_CHANGE_KEYS) -> set[str]:
+        """Change keys for one checkpoint: beyond ``limit``, targeted keys collapse into their model labels."""
+        keys = set(keys)
+        return keys if len(keys) <= limit else {k.partition("|")[0] for k in keys}
+
     def stream_keys(self, token: Mapping[str, Any], client: Mapping[str, Any]) -> frozenset[str]:
         """Checkpoint ``changed_models`` entries that make a stream re-evaluate its bucket set."""
         out = set(self.watched)
@@ -274,9 +284,6 @@ class LabelWatch:
     untargeted: bool = False
     fields: dict[str, models.Field] = field(default_factory=dict)
 
-
-# Snapshot key of the targeted values a row had before a change (see Rules.change_keys).
-OLD_VALUES = "__powersync_old__"
 
 
 def change_key(label: str, attname: str, value: str) -> str:

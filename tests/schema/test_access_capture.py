@@ -336,3 +336,11 @@ def test_bulk_create_of_parameter_rows_is_targeted(people):
                                                Membership(team=teams[1], user=bob)])
     assert len(entries("workspace.team")) == 2
     assert changed_models() == sorted(f"workspace.membership|user_id={u.pk}" for u in (alice, bob))
+
+
+def test_many_change_keys_collapse_into_the_model_label():
+    users = PowerSyncQuerySet(User).bulk_create([User(username=f"u{i}") for i in range(510)])
+    team = Team.objects.create(name="t")
+    replicate_now()
+    PowerSyncQuerySet(Membership).bulk_create([Membership(team=team, user=u) for u in users])
+    assert changed_models() == ["workspace.membership"]
