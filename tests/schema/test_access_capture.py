@@ -344,3 +344,20 @@ def test_many_change_keys_collapse_into_the_model_label():
     replicate_now()
     PowerSyncQuerySet(Membership).bulk_create([Membership(team=team, user=u) for u in users])
     assert changed_models() == ["workspace.membership"]
+
+
+def test_conflict_candidates_are_found_by_unique_fields(people):
+    """Keys the database assigns and does not return (not integers): the rows matching the objects'
+    unique fields are recorded, inserted ones and conflicting ones alike."""
+    from powersync_django.capture import _conflict_candidates
+
+    alice, bob = people
+    team = Team.objects.create(name="t")
+    existing = Membership.objects.create(team=team, user=alice)
+    objs = [Membership(team=team, user=alice), Membership(team=team, user=bob)]
+    candidates = _conflict_candidates(PowerSyncQuerySet(Membership), objs)
+    Membership.objects.bulk_create(objs, ignore_conflicts=True)
+    assert sorted(candidates.values_list("pk", flat=True)) == sorted(
+        [existing.pk, Membership.objects.get(user=bob).pk])
+    with pytest.raises(TypeError, match="cannot tell which"):
+        _conflict_candidates(PowerSyncQuerySet(Team), [Team(name="x")])
