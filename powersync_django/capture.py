@@ -195,12 +195,12 @@ def _on_m2m_changed(sender: type[models.Model], instance: models.Model, action: 
     m2m = _plan().through.get(label_of(sender))
     if m2m is None or not is_tracked(sender):
         return
+    if action.endswith(("_remove", "_clear")) and not sender._meta.auto_created:
+        return  # an explicit through model's rows are deleted with delete signals
     names = (m2m.m2m_field_name(), m2m.m2m_reverse_field_name())
     source = sender._meta.get_field(names[1] if reverse else names[0])
     target = sender._meta.get_field(names[0] if reverse else names[1])
     rows = sender._base_manager.using(using).filter(**{source.attname: getattr(instance, source.target_field.attname)})
-    if action.endswith(("_remove", "_clear")) and not sender._meta.auto_created:
-        return  # an explicit through model's rows are deleted with delete signals
     if action in ("pre_remove", "pre_clear"):
         if action == "pre_remove":
             rows = rows.filter(**{f"{target.attname}__in": pk_set or ()})
