@@ -208,6 +208,9 @@ def _on_m2m_changed(sender: type[models.Model], instance: models.Model, action: 
         instance.__dict__.setdefault(_M2M, {})[(sender, action[4:])] = list(_locking(rows))
     elif action in ("post_remove", "post_clear"):
         gone = instance.__dict__.get(_M2M, {}).pop((sender, action[5:]), [])
+        if gone:  # a related manager with a filtered queryset may have spared some of them
+            kept = set(sender._base_manager.using(using).filter(pk__in=[r.pk for r in gone]).values_list("pk", flat=True))
+            gone = [r for r in gone if r.pk not in kept]
         rules = get_rules()
         write_entries([_delete_entry(sender, row, rules) for row in gone], using)
     elif action == "post_add" and pk_set:
