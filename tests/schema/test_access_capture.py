@@ -361,3 +361,36 @@ def test_conflict_candidates_are_found_by_unique_fields(people):
         [existing.pk, Membership.objects.get(user=bob).pk])
     with pytest.raises(TypeError, match="cannot tell which"):
         _conflict_candidates(PowerSyncQuerySet(Team), [Team(name="x")])
+
+
+@pytest.mark.parametrize(("parameters", "expected"), [
+    # The queryset model's own column compared with the token: targeted on it.
+    ({"queryset": "workspace.Document", "filter": {"owner_id": "token.sub"}, "values": {"p": "id"}},
+     {"workspace.document": ["owner_id"]}),
+    # A forward foreign key walked to the user: the key column is targeted, the user row is quiet.
+    ({"queryset": "workspace.Membership", "filter": {"user__id": "token.sub"}, "values": {"p": "team_id"}},
+     {"workspace.membership": ["user_id"], "auth.user": "quiet"}),
+    # A lookup other than equality: untargeted.
+    ({"queryset": "workspace.Team", "filter": {"memberships__user__username__iexact": "token.name"},
+      "values": {"p": "id"}},
+     {"workspace.team": "untargeted", "workspace.membership": "untargeted", "auth.user": "untargeted"}),
+    # Values read through the joined ACL row (same join): still targeted.
+    ({"queryset": "workspace.Team", "filter": {"memberships__user_id": "token.sub"},
+      "values": {"p": "memberships__role"}},
+     {"workspace.team": "quiet", "workspace.membership": ["user_id"]}),
+    # Multi-table inheritance: the parent's table is read too.
+    ({"queryset": "workspace.Task", "filter": {"team__memberships__user_id": "token.sub"}, "values": {"p": "name"}},
+     {"workspace.task": "quiet", "workspace.project": "untargeted", "workspace.team": "quiet",
+      "workspace.membership": ["user_id"]}),
+])
+def test_lookup_path_analysis(parameters, expected):
+    from powersync_django import rules as rules_module
+
+    parsed, problems = rules_module.parse({"BUCKETS": {"b": {
+        "parameters": parameters,
+        "data": [{"model": "workspace.Project", "filter": {"name": "bucket.p"}}]}}})
+    assert parsed is not None, problems
+    got = {}
+    for label, w in parsed.watched.items():
+        got[label] = "untargeted" if w.untargeted else (list(w.fields) or "quiet")
+    assert got == expected
