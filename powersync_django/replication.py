@@ -177,13 +177,14 @@ class Replicator:
                 continue
             model = model_cache.get(entry.model) or _model_for(entry.model, rules)
             model_cache[entry.model] = model
+            # Rows read by parameter querysets: which open streams re-evaluate their bucket set.
+            batch.models.update(rules.change_keys(entry.model, entry.snapshot))
             if model is None:
-                continue  # a model no longer tracked: nothing to sync
+                continue  # not synced (only read by parameter querysets, or no longer tracked)
             key = source_key(entry.model, entry.object_pk)
             row = decode_snapshot(model, entry.snapshot) if entry.op == OutboxEntry.SAVE and entry.snapshot else None
             new = rules.row_buckets(entry.model, row, state.rules_version)
             memberships[key] = batch.apply_row(memberships.get(key, []), new)
-            batch.models.add(entry.model)
         self._write_ops(batch)
         self._write_memberships({k: memberships[k] for k in sources if k in memberships})
         self._apply_markers(markers)
@@ -191,7 +192,7 @@ class Replicator:
         state.last_op_id = batch.next_op - 1
         state.outbox_position = max(state.outbox_position, entries[-1].id)
         state.save(using=db)
-        return self._checkpoint(state, batch.deltas.keys(), batch.models, markers.keys())
+        return self._checkpoint(state, batch.deltas.keys(), rules.bounded_keys(batch.models), markers.keys())
 
     def _write_ops(self, batch: _Batch) -> None:
         db = self.using

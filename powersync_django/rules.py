@@ -9,19 +9,24 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Any
 
 import orjson
 from django.apps import apps
-from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured
+from django.core.exceptions import FieldDoesNotExist, ImproperlyConfigured, ValidationError
 from django.db import models
 
+from . import paths
 from .conf import get_config
-from .encoding import encode_value
+from .encoding import encode_value, snapshot_to_python
 
 ROW_LOOKUPS = {"exact", "iexact", "isnull", "in", "gt", "gte", "lt", "lte", "startswith", "endswith", "contains"}
 DEFAULT_PRIORITY = 3
+# Snapshot key of the targeted values a row had before a change (see Rules.change_keys).
+OLD_VALUES = "__powersync_old__"
+# A checkpoint lists at most this many change keys; beyond that, the labels of the changed models.
+MAX_CHANGE_KEYS = 500
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,12 @@ class ParameterQuery:
     filter: dict[str, Any] = field(default_factory=dict)
     # param name -> field path in the queryset
     values: dict[str, str] = field(default_factory=dict)
-    # model labels this query reads (a change to these re-evaluates the query on open streams)
+    # model labels this query reads, through tables included (their changes re-evaluate it on open streams)
     reads: frozenset[str] = frozenset()
+    # which rows of which models concern which streams (see paths.py)
+    analysis: paths.Analysis | None = None
+    # filter key -> the field an exact token/client reference is compared with (values are coerced to it)
+    compared: dict[str, models.Field] = field(default_factory=dict)
 
     def rows(self, token: Mapping[str, Any], client: Mapping[str, Any], order: list[str]) -> list[tuple]:
         if self.static is not None:
@@ -88,9 +97,22 @@ class ParameterQuery:
             value = _resolve(ref, token, client) if _is_ref(ref) else ref
             if value is None and _is_ref(ref):
                 return []
+            if _is_ref(ref) and key in self.compared:
+                value = coerce(self.compared[key], value)
+                if value is None:
+                    return []  # e.g. sub "abc" compared with an integer key: nothing can match
             lookups[key] = value
         qs = self.model._default_manager.filter(**lookups).values_list(*(self.values[p] for p in order))
         return [tuple(r) for r in qs.distinct()]
+
+    def stream_keys(self, token: Mapping[str, Any], client: Mapping[str, Any]) -> set[str]:
+        """Change keys (``label|attname=value``) of the rows this query reads for one stream."""
+        out: set[str] = set()
+        for t in self.analysis.targets if self.analysis else ():
+            value = hint_value(t.field, _resolve(t.ref, token, client))
+            if value is not None:
+                out.add(change_key(t.label, t.field.attname, value))
+        return out
 
 
 @dataclass
@@ -100,6 +122,17 @@ class Definition:
     parameter_queries: list[ParameterQuery]
     data: list[DataQuery]
     priority: int = DEFAULT_PRIORITY
+
+    @cached_property
+    def parameter_fields(self) -> dict[str, models.Field]:
+        """The field each parameter is bound to (by the first data query): request values are coerced to it."""
+        out: dict[str, models.Field] = {}
+        for q in self.data:
+            for attname, pname in q.bindings.items():
+                f = _local_field(q.model, attname)
+                if f is not None:
+                    out.setdefault(pname, f)
+        return out
 
     @property
     def reads(self) -> frozenset[str]:
@@ -137,6 +170,78 @@ class Rules:
             out |= d.reads
         return frozenset(out)
 
+    @cached_property
+    def captured_labels(self) -> frozenset[str]:
+        """Models whose writes go to the outbox: those synced and those deciding access."""
+        return frozenset(self.by_model) | self.parameter_models
+
+    @cached_property
+    def watched(self) -> dict[str, LabelWatch]:
+        """How changes of each model read by parameter queries concern open streams (see paths.py)."""
+        out: dict[str, LabelWatch] = {}
+        for d in self.definitions.values():
+            for q in d.parameter_queries:
+                a = q.analysis
+                if a is None:
+                    continue
+                for lab in a.reads:
+                    w = out.setdefault(lab, LabelWatch(apps.get_model(lab)))
+                    if lab in a.targeted:
+                        for f in a.targeted[lab]:
+                            w.fields[f.attname] = f
+                    elif lab not in a.quiet:
+                        w.untargeted = True
+        return out
+
+    def targeted_fields(self, label: str) -> list[models.Field]:
+        """Fields whose values before a change decide which streams it concerns (the primary key aside)."""
+        w = self.watched.get(label)
+        if w is None or w.untargeted:
+            return []
+        return [f for f in w.fields.values() if not f.primary_key]
+
+    def change_keys(self, label: str, snapshot: str | None) -> list[str]:
+        """Checkpoint ``changed_models`` entries for a captured change of a row (op S or D).
+
+        ``snapshot``: the outbox snapshot (a deleted row's too); it may carry the targeted values the row had
+        before the change under ``OLD_VALUES`` (null: unknown). ``label`` alone re-evaluates every stream;
+        ``label|attname=value`` only the streams with that value.
+        """
+        w = self.watched.get(label)
+        if w is None:
+            return []
+        if w.untargeted:
+            return [label]
+        if not w.fields:
+            return []
+        raw = orjson.loads(snapshot) if snapshot else None
+        if not isinstance(raw, dict) or (OLD_VALUES in raw and not isinstance(raw[OLD_VALUES], dict)):
+            return [label]  # values unknown: correctness first
+        old = raw.get(OLD_VALUES) or {}
+        keys = []
+        for attname, f in w.fields.items():
+            if attname not in raw:
+                return [label]
+            for source in (raw, old) if attname in old else (raw,):
+                value = hint_value(f, snapshot_to_python(f, source[attname]))
+                if value is not None:
+                    keys.append(change_key(label, attname, value))
+        return keys
+
+    @staticmethod
+    def bounded_keys(keys: Iterable[str], limit: int = MAX_CHANGE_KEYS) -> set[str]:
+        """Change keys for one checkpoint: beyond ``limit``, targeted keys collapse into their model labels."""
+        keys = set(keys)
+        return keys if len(keys) <= limit else {k.partition("|")[0] for k in keys}
+
+    def stream_keys(self, token: Mapping[str, Any], client: Mapping[str, Any]) -> frozenset[str]:
+        """Checkpoint ``changed_models`` entries that make a stream re-evaluate its bucket set."""
+        out = set(self.watched)
+        for d in self.definitions.values():
+            for q in d.parameter_queries:
+                out |= q.stream_keys(token, client)
+        return frozenset(out)
+
     def row_buckets(self, label: str, row: Mapping[str, Any] | None, version: int) -> list[tuple[str, str, str, str]]:
         """(bucket id, table, object_id, data JSON) for every bucket a row belongs to; [] for a deleted row."""
         if row is None:
@@ -147,6 +252,8 @@ class Rules:
                 continue
             d = self.definitions[q.definition]
             param_values = [_param_value(q, row, p) for p in d.parameter_names]
+            if any(v is None for v in param_values):
+                continue  # NULL equals no parameter value (SQL semantics): in no bucket
             object_id, data = q.render(row)
             out.append((bucket_id(d.name, param_values, version), q.table, object_id, data))
         return out
@@ -160,11 +267,55 @@ class Rules:
             if not d.parameter_queries:
                 out[bucket_id(d.name, [], version)] = (d.name, d.priority)
                 continue
+            fields = d.parameter_fields
             for q in d.parameter_queries:
                 for values in q.rows(token, client, d.parameter_names):
-                    encoded = [_encode_param(v) for v in values]
-                    out[bucket_id(d.name, encoded, version)] = (d.name, d.priority)
+                    encoded = _request_params(fields, d.parameter_names, values)
+                    if encoded is not None:
+                        out[bucket_id(d.name, encoded, version)] = (d.name, d.priority)
         return out
+
+
+@dataclass
+class LabelWatch:
+    """How changes of one model concern open streams: every stream, or those of targeted field values."""
+
+    model: type[models.Model]
+    untargeted: bool = False
+    fields: dict[str, models.Field] = field(default_factory=dict)
+
+
+
+def change_key(label: str, attname: str, value: str) -> str:
+    return f"{label}|{attname}={value}"
+
+
+def coerce(f: models.Field, value: Any) -> Any:
+    """``value`` as the python value of field ``f`` (a foreign key: of its target); None if it does not fit."""
+    if value is None:
+        return None
+    try:
+        return f.to_python(value)
+    except (ValidationError, ValueError, TypeError, ArithmeticError):
+        return None
+
+
+def hint_value(f: models.Field, value: Any) -> str | None:
+    """Normalised text of a value of ``f``: an integer user id 5 and a token's sub "5" give the same."""
+    value = coerce(f, value)
+    return None if value is None else str(value)
+
+
+def _request_params(fields: Mapping[str, models.Field], names: list[str], values: Iterable[Any]) -> list[Any] | None:
+    """Encoded parameter values of a request, coerced to the bound fields; None if one does not fit or is null."""
+    out = []
+    for name, value in zip(names, values, strict=True):
+        f = fields.get(name)
+        value = coerce(f, value) if f is not None else value
+        if value is None:
+            return None  # does not fit the field, or NULL: no row is in such a bucket
+        out.append(_encode_param(value))
+    return out
 
 
 def bucket_id(name: str, values: Iterable[Any], version: int) -> str:
@@ -260,22 +411,14 @@ def _local_field(model: type[models.Model], name: str) -> models.Field | None:
     return f if getattr(f, "concrete", False) else None
 
 
-def _lookup_models(model: type[models.Model], path: str) -> set[str] | None:
-    """Labels of models a lookup path walks through; None if the path is not valid."""
-    reads = {model._meta.label_lower}
-    current = model
-    for part in path.split("__"):
-        try:
-            f = current._meta.get_field(part)
-        except FieldDoesNotExist:
-            if _local_field(current, part) is not None:
-                continue
-            # A lookup/transform name ends the path.
-            return reads if part in models.Field.get_lookups() or part in {"in", "isnull"} else None
-        if f.is_relation and f.related_model is not None:
-            current = f.related_model
-            reads.add(current._meta.label_lower)
-    return reads
+def _compared_fields(model: type[models.Model], filters: Mapping[str, Any]) -> dict[str, models.Field]:
+    """Filter key -> field, for the keys comparing a field with a token/client reference by equality."""
+    out = {}
+    for key, value in filters.items():
+        walked = paths.walk(model, key) if _is_ref(value) else None
+        if walked is not None and walked.final is not None and walked.lookup in ("", "exact"):
+            out[key] = walked.final[1]
+    return out
 
 
 def _parse_data(name: str, raw: Any, index: int, problems: list[Problem]) -> DataQuery | None:
@@ -368,15 +511,14 @@ def _parse_parameters(name: str, raw: Any, problems: list[Problem]) -> tuple[lis
                 continue
             if model is None:
                 continue
-            reads: set[str] = set()
-            for path in list(item.get("filter") or {}) + list(values.values()):
-                walked = _lookup_models(model, path)
-                if walked is None:
-                    problems.append(Problem("E006", f"{where}: invalid lookup {path!r} on {model._meta.label}."))
-                else:
-                    reads |= walked
-            q = ParameterQuery(model=model, filter=dict(item.get("filter") or {}), values=dict(values),
-                               reads=frozenset(reads))
+            filters = dict(item.get("filter") or {})
+            analysis, invalid = paths.analyse(model, filters, list(values.values()), _is_ref)
+            for path in invalid:
+                problems.append(Problem("E006", f"{where}: invalid lookup {path!r} on {model._meta.label}."))
+            if analysis is None:
+                continue
+            q = ParameterQuery(model=model, filter=filters, values=dict(values), reads=analysis.reads,
+                               analysis=analysis, compared=_compared_fields(model, filters))
             these = list(values)
         else:
             for pname, ref in item.items():

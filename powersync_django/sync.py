@@ -44,6 +44,8 @@ class SyncSession:
         self.config = get_config()
         self.rules: Rules = get_rules()
         self.wc_key = storage.write_checkpoint_key(claims.user_id, request.client_id)
+        # checkpoint changed_models entries that make this stream re-evaluate its bucket set
+        self.watch = self.rules.stream_keys(claims.claims, request.parameters or {})
         # bucket -> (definition, priority) the user is entitled to
         self.entitled: dict[str, tuple[str, int]] = {}
         # bucket -> op id the client has (or will have) everything up to
@@ -181,7 +183,7 @@ class SyncSession:
         the next calls re-check them against it.
         """
         entitled = self.entitled
-        if changes.touches_models(self.rules.parameter_models):
+        if changes.touches_models(self.watch):
             entitled = await self._resolve_buckets()
         set_changed = entitled.keys() != self.entitled.keys()
         if changes.buckets is None:

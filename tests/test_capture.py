@@ -123,6 +123,19 @@ def test_delete_and_cascade_are_captured():
 
 
 @pytest.mark.django_db
+def test_deletes_of_rows_deciding_access_keep_their_values():
+    """TodoList rows decide access (list_todos' parameter queryset): their deletes say whose access changed."""
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    todo = Todo.objects.create(list=lst, description="x")
+    OutboxEntry.objects.all().delete()
+    lst.delete()
+    by_model = {e.model: e for e in OutboxEntry.objects.all()}
+    assert orjson.loads(by_model["todos.todolist"].snapshot)["owner_id"] == "u1"
+    assert by_model["todos.todo"].snapshot is None  # only synced: nothing to keep
+    assert by_model["todos.todo"].object_pk == str(todo.pk)
+
+
+@pytest.mark.django_db
 def test_queryset_delete_is_captured(todo_list):
     a = Todo.objects.create(list=todo_list, description="a")
     b = Todo.objects.create(list=todo_list, description="b")

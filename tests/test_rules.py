@@ -92,3 +92,14 @@ def test_bad_upload_hook_path_is_reported_by_system_checks():
         messages = checks.run_checks(tags=["powersync"])
     assert [m.id for m in messages] == ["powersync_django.E012"]
     assert "nowhere.missing_hook" in messages[0].msg
+
+
+def test_parameter_reads_are_targeted_at_the_compared_column():
+    r, _ = parse(DEMO)
+    watch = r.watched["todos.todolist"]
+    assert (watch.untargeted, list(watch.fields)) == (False, ["owner_id"])
+    assert r.change_keys("todos.todolist", '{"id": "x", "owner_id": "u1"}') == ["todos.todolist|owner_id=u1"]
+    moved = '{"id": "x", "owner_id": "u2", "__powersync_old__": {"owner_id": "u1"}}'
+    assert r.change_keys("todos.todolist", moved) == ["todos.todolist|owner_id=u2", "todos.todolist|owner_id=u1"]
+    assert r.change_keys("todos.todo", '{"id": "x"}') == []  # only synced, never decides access
+    assert r.stream_keys({"sub": "u1"}, {}) == {"todos.todolist", "todos.todolist|owner_id=u1"}

@@ -224,6 +224,49 @@ def test_gaining_a_list_adds_its_bucket_on_the_open_stream():
     assert len(rows[f'1#list_todos["{lst.id}"]']) == 2
 
 
+def test_a_change_of_another_users_list_does_not_re_evaluate_this_stream(monkeypatch):
+    """Parameter re-evaluation is targeted: TodoList rows concern the streams of their owner only."""
+    from powersync_django import rules
+
+    seed("u1", todos=1)
+    runs: list[str] = []
+    original = rules.ParameterQuery.rows
+
+    def rows(self, token, client, order):
+        if self.model is not None:
+            runs.append(token["sub"])
+        return original(self, token, client, order)
+
+    monkeypatch.setattr(rules.ParameterQuery, "rows", rows)
+
+    async def run():
+        session = SyncSession(claims("u1"), SyncRequest())
+        await session.prepare()
+        gen = session.lines()
+        await take_until(gen, "checkpoint_complete")
+        runs.clear()
+        await in_thread(lambda: (seed("u2", todos=1), TodoList.objects.filter(owner_id="u2").delete(),
+                                 replicate_now()))()
+        hub = session.hub
+        async with asyncio.timeout(10):
+            while hub.latest_id == session.cursor:
+                await hub.wait_changes(session.cursor, 1)
+        changes = hub.changes_since(session.cursor)
+        untouched = await session._diff(changes)
+        # The owner's own list changing does re-evaluate.
+        lst = await in_thread(lambda: TodoList.objects.create(name="new", owner_id="u1"))()
+        await in_thread(replicate_now)()
+        lines = await take_until(gen, "checkpoint_complete")
+        await gen.aclose()
+        return changes, untouched, lst, lines
+
+    changes, untouched, lst, lines = asyncio.run(run())
+    assert "todos.todolist|owner_id=u2" in changes.models
+    assert untouched == (None, None, [])
+    assert runs == ["u1"]
+    assert f'1#list_todos["{lst.id}"]' in {b["bucket"] for b in lines[0]["checkpoint_diff"]["updated_buckets"]}
+
+
 def test_priorities_send_partial_checkpoints():
     buckets = {
         "urgent": {"data": [{"model": "todos.TodoList", "table": "lists"}], "priority": 0},
