@@ -87,7 +87,9 @@ class ParameterQuery:
     # filter key -> the field an exact token/client reference is compared with (values are coerced to it)
     compared: dict[str, models.Field] = field(default_factory=dict)
 
-    def rows(self, token: Mapping[str, Any], client: Mapping[str, Any], order: list[str]) -> list[tuple]:
+    def rows(self, token: Mapping[str, Any], client: Mapping[str, Any], order: list[str],
+             limit: int | None = None) -> list[tuple]:
+        """Parameter rows for one request; a queryset reads at most ``limit`` rows when given."""
         if self.static is not None:
             values = tuple(_resolve(ref, token, client) for ref in (self.static[p] for p in order))
             return [] if any(v is None for v in values) else [values]
@@ -102,8 +104,10 @@ class ParameterQuery:
                 if value is None:
                     return []  # e.g. sub "abc" compared with an integer key: nothing can match
             lookups[key] = value
-        qs = self.model._default_manager.filter(**lookups).values_list(*(self.values[p] for p in order))
-        return [tuple(r) for r in qs.distinct()]
+        qs = self.model._default_manager.filter(**lookups).values_list(*(self.values[p] for p in order)).distinct()
+        if limit is not None:
+            qs = qs[:limit]
+        return [tuple(r) for r in qs]
 
     def stream_keys(self, token: Mapping[str, Any], client: Mapping[str, Any]) -> set[str]:
         """Change keys (``label|attname=value``) of the rows this query reads for one stream."""
@@ -259,17 +263,26 @@ class Rules:
         return out
 
     def request_buckets(
-        self, token: Mapping[str, Any], client: Mapping[str, Any], version: int
+        self, token: Mapping[str, Any], client: Mapping[str, Any], version: int, limit: int | None = None
     ) -> dict[str, tuple[str, int]]:
-        """{bucket id: (definition name, priority)} a request is entitled to. Runs parameter querysets."""
+        """{bucket id: (definition name, priority)} a request is entitled to. Runs parameter querysets.
+
+        With ``limit``, stops once more than ``limit`` buckets are found (the caller rejects the request):
+        no parameter queryset is read past that, however many rows it has.
+        """
         out: dict[str, tuple[str, int]] = {}
         for d in self.definitions.values():
+            if limit is not None and len(out) > limit:
+                break
             if not d.parameter_queries:
                 out[bucket_id(d.name, [], version)] = (d.name, d.priority)
                 continue
             fields = d.parameter_fields
             for q in d.parameter_queries:
-                for values in q.rows(token, client, d.parameter_names):
+                room = None if limit is None else limit + 1 - len(out)
+                if room is not None and room <= 0:
+                    break
+                for values in q.rows(token, client, d.parameter_names, limit=room):
                     encoded = _request_params(fields, d.parameter_names, values)
                     if encoded is not None:
                         out[bucket_id(d.name, encoded, version)] = (d.name, d.priority)

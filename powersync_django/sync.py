@@ -76,15 +76,15 @@ class SyncSession:
         self.entitled = await self._resolve_buckets()
 
     async def _resolve_buckets(self) -> dict[str, tuple[str, int]]:
-        buckets = await storage.run(
-            self.rules.request_buckets, self.claims.claims, self.request.parameters, self.version
-        )
         limit = self.config["MAX_BUCKETS_PER_CONNECTION"]
+        buckets = await storage.run(
+            self.rules.request_buckets, self.claims.claims, self.request.parameters, self.version, limit
+        )
         if len(buckets) > limit:
             top = Counter(d for d, _ in buckets.values()).most_common(3)
-            names = ", ".join(f"{d} ({n})" for d, n in top)
+            names = ", ".join(f"{d} ({n}+)" for d, n in top)
             raise ProtocolError(
-                f"Too many buckets: {len(buckets)} (limit {limit})", code=TOO_MANY_BUCKETS,
+                f"Too many buckets: more than {limit}", code=TOO_MANY_BUCKETS,
                 details=f"Definitions producing the most buckets: {names}",
             )
         return buckets

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import zlib
+from unittest import mock
 
 import bson
 import orjson
@@ -19,6 +20,7 @@ from powersync_django.auth import TokenClaims, make_token
 from powersync_django.conf import get_config
 from powersync_django.protocol import BSON_STREAM, ProtocolError, SyncRequest
 from powersync_django.replication import replicate_now
+from powersync_django.rules import ParameterQuery, get_rules
 from powersync_django.sync import SyncSession
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -338,7 +340,25 @@ def test_too_many_buckets_is_rejected_before_streaming():
         with pytest.raises(ProtocolError) as err:
             asyncio.run(run())
     assert err.value.code == "PSYNC_S2305"
-    assert "list_todos (3)" in err.value.details
+    assert "list_todos (2+)" in err.value.details
+
+
+def test_bucket_limit_stops_reading_parameter_rows_past_limit_plus_one():
+    """A user with 500 lists and a limit of 3: the parameter queryset reads 4 rows, not 500."""
+    TodoList.objects.bulk_create([TodoList(name=str(i), owner_id="many") for i in range(500)])
+    rules = get_rules()
+    seen: list[int] = []
+    original = ParameterQuery.rows
+
+    def counting(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        seen.append(len(out))
+        return out
+
+    with mock.patch.object(ParameterQuery, "rows", counting):
+        buckets = rules.request_buckets({"sub": "many"}, {}, 1, limit=3)
+    assert len(buckets) == 4
+    assert sum(seen) <= 4
 
 
 def _config() -> dict:
