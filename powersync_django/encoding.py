@@ -51,6 +51,7 @@ class UnsyncableValue(ValueError):
         super().__init__(f"PowerSync cannot sync {where}: {problem}. {hint}")
         self.field = field
         self.problem = problem
+        self.hint = hint
 
 
 def _is(field: Any, cls: Any) -> bool:
@@ -120,10 +121,11 @@ def encode_value(value: Any, field: models.Field | None = None) -> Any:
 
 
 def _element(value: Any, field: models.Field) -> Any:
-    """A value inside the JSON text of an array, hstore or range: nested structures stay JSON."""
+    """A value inside the JSON text of an array, hstore or range: encoded like a column of its field, except
+    that nested arrays, hstore and ranges are JSON values (not JSON text inside JSON text)."""
     if value is None:
         return None
-    if isinstance(field, models.JSONField) or _is(field, HStoreField):
+    if _is(field, HStoreField):
         return value
     if _is(field, ArrayField):
         return [_element(item, field.base_field) for item in value]
@@ -161,7 +163,10 @@ def snapshot_value(field: models.Field, value: Any, *, synced: bool = False) -> 
     if isinstance(field, models.JSONField):
         return _json_snapshot(field, value, synced)
     if _is(field, ArrayField):
-        return [snapshot_value(field.base_field, item, synced=synced) for item in _normalise(field, value)]
+        try:
+            return [snapshot_value(field.base_field, item, synced=synced) for item in _normalise(field, value)]
+        except UnsyncableValue as exc:  # name the array, not its base field
+            raise UnsyncableValue(field, f"an element: {exc.problem}", exc.hint) from None
     value = _normalise(field, value)
     if isinstance(value, bool | int | str):
         return value
@@ -180,7 +185,32 @@ def snapshot_value(field: models.Field, value: Any, *, synced: bool = False) -> 
             return str(value)
     if isinstance(value, memoryview | bytearray):
         value = bytes(value)
+    if _is(field, RangeField):
+        value = _canonical_range(field, value)
     return _value_to_string(field, value)
+
+
+# Range element types PostgreSQL canonicalises to [) (int4range, int8range, daterange), by internal type.
+_DISCRETE_STEPS: dict[str, Any] = {"IntegerField": 1, "BigIntegerField": 1, "DateField": datetime.timedelta(days=1)}
+
+
+def _canonical_range(field: Any, value: Any) -> Any:
+    """A range as PostgreSQL stores it: discrete ones ``[)``, open ends exclusive, empty when nothing is in it."""
+    if not hasattr(value, "isempty") or value.isempty:
+        return value
+    lower, upper, bounds = value.lower, value.upper, value._bounds
+    lower_inc = lower is not None and bounds[0] == "["
+    upper_inc = upper is not None and bounds[1] == "]"
+    step = _DISCRETE_STEPS.get(field.base_field.get_internal_type())
+    if step is not None:
+        if lower is not None and not lower_inc:
+            lower, lower_inc = lower + step, True
+        if upper is not None and upper_inc:
+            upper, upper_inc = upper + step, False
+    if lower is not None and upper is not None and (
+            lower > upper or (lower == upper and not (lower_inc and upper_inc))):
+        return field.range_type(empty=True)
+    return field.range_type(lower, upper, ("[" if lower_inc else "(") + ("]" if upper_inc else ")"))
 
 
 def _value_to_string(field: models.Field, value: Any) -> str:
