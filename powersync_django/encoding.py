@@ -232,7 +232,7 @@ def _json_snapshot(field: models.JSONField, value: Any, synced: bool) -> str:
         # Only a text this long can be nested too deeply for orjson.
         try:
             orjson.dumps(orjson.loads(text))
-        except orjson.JSONDecodeError:
+        except (orjson.JSONDecodeError, orjson.JSONEncodeError):
             raise UnsyncableValue(field, f"the JSON value is nested more than {MAX_JSON_DEPTH} levels deep",
                                   "Flatten it, or store it in a field that is not synced.") from None
     return text
