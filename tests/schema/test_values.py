@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 import pytest
 from django.conf import settings
-from django.db import connection, models
+from django.db import DataError, IntegrityError, connection, models
 from django.test import Client, override_settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
@@ -30,8 +30,8 @@ from hypothesis import strategies as st
 from schema_project.workspace.models import ON_POSTGRES, Specimen
 
 from powersync_django.auth import make_token
-from powersync_django.encoding import ArrayField, HStoreField, RangeField
-from powersync_django.models import BucketOp
+from powersync_django.encoding import ArrayField, HStoreField, RangeField, UnsyncableValue
+from powersync_django.models import BucketOp, OutboxEntry
 from powersync_django.replication import replicate_now
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -410,3 +410,83 @@ def test_upload_of_unreadable_postgres_values_is_a_400(client: Client, column: s
     response = upload(client, {"batch": [{"op": "PUT", "type": "specimens", "id": str(uuid.uuid4()),
                                           "data": {column: sent}}]})
     assert response.status_code == 400, response.content
+
+
+# --- values clients cannot hold --------------------------------------------------------------------
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("values", "message"), [
+    ({"data": nested(300)}, "PowerSync cannot sync workspace.Specimen.data: the JSON value is nested more than 254 "
+                            "levels deep. Flatten it, or store it in a field that is not synced."),
+    ({"real": float("inf")}, "PowerSync cannot sync workspace.Specimen.real: inf is not a JSON number. "
+                             "Store None (or a finite number) instead."),
+])
+def test_saving_a_value_clients_cannot_hold_is_a_clear_error(values: dict[str, Any], message: str):
+    with pytest.raises(UnsyncableValue) as info:
+        Specimen.objects.create(**values)
+    assert str(info.value) == message
+    # The row and its outbox entry were rolled back together; the replicator has nothing to choke on.
+    assert not Specimen.objects.exists()
+    assert not OutboxEntry.objects.filter(model="workspace.specimen").exists()
+    replicate_now()
+
+
+def test_json_nan_is_refused_by_the_database():
+    # Both databases check JSON themselves (jsonb; SQLite's JSON_VALID constraint): NaN never reaches PowerSync.
+    # (In columns of other types, it does: see test_saving_a_value_clients_cannot_hold_is_a_clear_error.)
+    with pytest.raises((DataError, IntegrityError)):
+        Specimen.objects.create(data={"x": float("nan")})
+    assert not Specimen.objects.exists()
+    assert not OutboxEntry.objects.filter(model="workspace.specimen").exists()
+
+
+def test_non_string_keys_sync_as_the_database_stores_them():
+    row = Specimen.objects.create(data={1: "a", "b": {2.5: None}, None: 0})
+    replicate_now()
+    assert op_data(row.pk)["data"] == '{"1":"a","b":{"2.5":null},"null":0}'
+    row.refresh_from_db()
+    assert row.data == {"1": "a", "b": {"2.5": None}, "null": 0}
+
+
+def test_json_integers_beyond_64_bits_sync_exactly(client: Client):
+    row = Specimen.objects.create(data={"n": 2**64})
+    pk = uuid.uuid4()
+    response = upload(client, {"batch": [{"op": "PUT", "type": "specimens", "id": str(pk),
+                                          "data": {"data": '{"n": -18446744073709551617}'}}]})
+    assert response.status_code == 200, response.content
+    replicate_now()
+    assert op_data(row.pk)["data"] == '{"n":18446744073709551616}'
+    assert op_data(pk)["data"] == '{"n":-18446744073709551617}'
+
+
+def test_unsynced_columns_may_hold_anything():
+    with specimen_settings(exclude=["real", "data"]):
+        row = Specimen.objects.create(real=float("inf"), data=nested(300), char="x")
+        replicate_now()
+        data = op_data(row.pk)
+    assert data["char"] == "x" and "real" not in data and "data" not in data
+
+
+def test_upload_of_a_value_clients_cannot_hold_is_a_400_for_that_operation(client: Client):
+    pk = uuid.uuid4()
+    response = upload(client, {"batch": [
+        {"op": "PUT", "type": "specimens", "id": str(uuid.uuid4()), "data": {"char": "fine"}},
+        {"op": "PUT", "type": "specimens", "id": str(pk), "data": {"data": "[" * 300 + "]" * 300}},
+    ]})
+    assert response.status_code == 400, response.content
+    error = response.json()["error"]
+    assert error["code"] == "UPLOAD_INVALID"
+    [operation] = error["operations"]
+    assert (operation["index"], operation["id"], operation["code"]) == (1, str(pk), "invalid")
+    assert operation["errors"]["data"] == ["PowerSync cannot sync workspace.Specimen.data: the JSON value is nested "
+                                           "more than 254 levels deep. Flatten it, or store it in a field that is "
+                                           "not synced."]
+    assert not Specimen.objects.exists()  # the whole batch was rolled back
+    replicate_now()
