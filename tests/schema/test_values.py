@@ -490,3 +490,24 @@ def test_upload_of_a_value_clients_cannot_hold_is_a_400_for_that_operation(clien
                                            "not synced."]
     assert not Specimen.objects.exists()  # the whole batch was rolled back
     replicate_now()
+
+
+@pytest.mark.postgres
+def test_document_tags_sync_and_upload(client: Client):
+    """Document.tags (an ArrayField) used to be snapshotted as its Python repr, which the replicator choked on."""
+    from django.contrib.auth.models import User
+    from schema_project.workspace.models import Document
+
+    alice = User.objects.create(username="alice")
+    doc = Document.objects.create(owner=alice, title="t", tags=["a", "b's", ""])
+    replicate_now()
+    op = BucketOp.objects.filter(object_type="documents", object_id=str(doc.pk)).latest("op_id")
+    data = orjson.loads(op.data)
+    assert data["tags"] == '["a","b\'s",""]'
+    assert data["body"] == "{}"
+    response = client.post("/api/upload", orjson.dumps({"batch": [
+        {"op": "PATCH", "type": "documents", "id": str(doc.pk), "data": {"tags": '["c"]', "body": '{"k": [1]}'}},
+    ]}), content_type="application/json", HTTP_AUTHORIZATION=f"Token {make_token(str(alice.pk))}")
+    assert response.status_code == 200, response.content
+    doc.refresh_from_db()
+    assert (doc.tags, doc.body) == (["c"], {"k": [1]})
