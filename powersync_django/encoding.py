@@ -21,6 +21,7 @@ import datetime
 import decimal
 import json
 import math
+import re
 import types
 import uuid
 from typing import Any
@@ -160,6 +161,11 @@ def snapshot_value(field: models.Field, value: Any, *, synced: bool = False) -> 
     """
     if value is None:
         return None
+    fast = _fast_path(field)
+    if fast is not None and type(value) is fast[0]:
+        converted = fast[1](value)
+        if converted is not None:
+            return converted
     if isinstance(field, models.JSONField):
         return _json_snapshot(field, value, synced)
     if _is(field, ArrayField):
@@ -221,8 +227,65 @@ def _value_to_string(field: models.Field, value: Any) -> str:
     return field.value_to_string(types.SimpleNamespace(**{field.attname: value}))
 
 
+def _duration_snapshot(value: datetime.timedelta) -> dict[str, int] | None:
+    """Exact microseconds (what the database stores), quicker than ``value_to_string``/``to_python``."""
+    us = (value.days * 86400 + value.seconds) * 1_000_000 + value.microseconds
+    return {"us": us} if -(2**63) <= us < 2**63 else None  # beyond: value_to_string
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def _aware_isoformat(value: datetime.datetime) -> str | None:
+    return value.isoformat() if value.tzinfo is not None else None  # naive ones are normalised first
+
+
+_FAST_ATTR = "_powersync_snapshot_fast"
+
+
+def _fast_path(field: models.Field) -> tuple[type, Any] | None:
+    """(exact Python type, snapshot function) of values of a field that need no normalisation, cached on it.
+
+    The common case of a save: a value of the type ``to_python`` returns, written as ``value_to_string``
+    would (or as the JSON scalar itself), without going through both.
+    """
+    try:
+        return field.__dict__[_FAST_ATTR]
+    except KeyError:
+        pass
+    target = field.target_field if isinstance(field, models.ForeignKey) and hasattr(field, "remote_field") \
+        and not isinstance(field.remote_field.model, str) else field
+    fast: tuple[type, Any] | None = None
+    if isinstance(target, models.BooleanField):
+        fast = (bool, _identity)
+    elif isinstance(target, models.IntegerField):
+        fast = (int, _identity)
+    elif isinstance(target, models.CharField | models.TextField):
+        fast = (str, _identity)
+    elif isinstance(target, models.UUIDField):
+        fast = (uuid.UUID, str)
+    elif isinstance(target, models.DateTimeField):
+        fast = (datetime.datetime, _aware_isoformat)
+    elif isinstance(target, models.DateField):
+        fast = (datetime.date, datetime.date.isoformat)
+    elif isinstance(target, models.TimeField):
+        fast = (datetime.time, datetime.time.isoformat)
+    elif isinstance(target, models.DurationField):
+        fast = (datetime.timedelta, _duration_snapshot)
+    field.__dict__[_FAST_ATTR] = fast
+    return fast
+
+
 def _json_snapshot(field: models.JSONField, value: Any, synced: bool) -> str:
     """The JSON text the database stores (the field's encoder; non-string keys become strings)."""
+    if field.encoder is None:
+        # orjson writes the same JSON as json.dumps (which the database save already ran) in a fraction of the
+        # time; it refuses integers beyond 64 bits and nesting beyond MAX_JSON_DEPTH, handled below.
+        try:
+            return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+        except TypeError:  # orjson.JSONEncodeError, or a plain TypeError with OPT_NON_STR_KEYS
+            pass
     try:
         text = json.dumps(value, cls=field.encoder, allow_nan=not synced)
     except ValueError:
@@ -242,6 +305,9 @@ def snapshot_to_python(field: models.Field, value: Any) -> Any:
     """Inverse of :func:`snapshot_value`: the value as read from the database."""
     if value is None:
         return None
+    fast = _fast_path(field)
+    if fast is not None and fast[1] is _identity and type(value) is fast[0]:
+        return value
     if isinstance(field, models.JSONField):
         if isinstance(value, dict) and "json" in value:  # snapshots written before 0.2
             return value["json"]
@@ -250,13 +316,28 @@ def snapshot_to_python(field: models.Field, value: Any) -> Any:
         if isinstance(value, str):  # before 0.2: the Python repr of the list
             value = ast.literal_eval(value)
         return [snapshot_to_python(field.base_field, item) for item in value]
-    if isinstance(value, dict) and "td" in value:  # before 0.2
-        return datetime.timedelta(seconds=value["td"])
+    if isinstance(value, dict):
+        if "us" in value:
+            return datetime.timedelta(microseconds=value["us"])
+        if "td" in value:  # before 0.2
+            return datetime.timedelta(seconds=value["td"])
     if isinstance(field, models.ForeignKey):
         field = field.target_field
     return field.to_python(value)
 
 
 def decode_json(field: models.JSONField, text: str) -> Any:
-    """JSON text of a JSON field to its value, like ``JSONField.from_db_value``."""
+    """JSON text of a JSON field to its value, like ``JSONField.from_db_value``.
+
+    orjson when the field has no decoder, unless the text may hold an integer beyond 64 bits (orjson reads
+    those as floats).
+    """
+    if field.decoder is None and not _LONG_NUMBER.search(text):
+        try:
+            return orjson.loads(text)
+        except orjson.JSONDecodeError:  # NaN, which json.dumps writes in columns no client receives
+            pass
     return json.loads(text, cls=field.decoder)
+
+
+_LONG_NUMBER = re.compile(r"\d{19}")

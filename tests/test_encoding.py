@@ -10,6 +10,7 @@ import zoneinfo
 import orjson
 import pytest
 from django.contrib.postgres import fields as pg
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
 from django.db.backends.postgresql.psycopg_any import DateTimeTZRange, NumericRange
 from django.test import override_settings
@@ -116,6 +117,10 @@ ROUND_TRIP = [
     (models.JSONField(), None),
     (models.BinaryField(), b"\x00\xffbinary"),
     (models.DurationField(), datetime.timedelta(days=2, seconds=3, microseconds=4)),
+    (models.DurationField(), datetime.timedelta.max),
+    (models.DurationField(), -datetime.timedelta(days=999999, microseconds=1)),
+    (models.JSONField(), {"big": 2**70, "deep": [[[[[[1.5]]]]]], "": None}),
+    (models.FloatField(), -0.0),
     (models.CharField(null=True), None),
 ]
 
@@ -228,8 +233,6 @@ def test_values_are_normalised_like_the_database_stores_them():
 
 
 def test_json_snapshot_is_the_text_the_database_stores():
-    from django.core.serializers.json import DjangoJSONEncoder
-
     field = models.JSONField(encoder=DjangoJSONEncoder)
     value = {"when": datetime.date(2026, 1, 2), 3: decimal.Decimal("1.5")}
     # What the encoder writes (and the database returns): keys as strings, the date and Decimal as text.
@@ -253,8 +256,9 @@ def nested(depth: int) -> list:
 
 
 @pytest.mark.parametrize(("field", "value", "problem"), [
-    (models.JSONField(), {"x": float("nan")}, "JSON has no NaN or Infinity"),
-    (models.JSONField(), [1, float("inf")], "JSON has no NaN or Infinity"),
+    # (Both databases refuse NaN in JSON before PowerSync sees it; this is for fields with an encoder.)
+    (models.JSONField(encoder=DjangoJSONEncoder), {"x": float("nan")}, "JSON has no NaN or Infinity"),
+    (models.JSONField(encoder=DjangoJSONEncoder), [1, float("inf")], "JSON has no NaN or Infinity"),
     (models.JSONField(), nested(300), "nested more than 254 levels"),
     (models.FloatField(), float("nan"), "nan is not a JSON number"),
     (models.FloatField(), float("-inf"), "-inf is not a JSON number"),
@@ -291,5 +295,6 @@ def test_client_encoding_never_fails_on_values_read_from_the_database():
 def test_snapshots_of_earlier_versions_still_decode():
     assert snapshot_to_python(models.JSONField(), {"json": {"a": 1}}) == {"a": 1}
     assert snapshot_to_python(models.DurationField(), {"td": 1.5}) == datetime.timedelta(seconds=1.5)
+    assert snapshot_to_python(models.DurationField(), "1 02:03:04") == datetime.timedelta(days=1, seconds=7384)
     # The Python repr an ArrayField used to be stored as.
     assert snapshot_to_python(pg.ArrayField(models.CharField()), "['a', 'b']") == ["a", "b"]
