@@ -511,3 +511,26 @@ def test_document_tags_sync_and_upload(client: Client):
     assert response.status_code == 200, response.content
     doc.refresh_from_db()
     assert (doc.tags, doc.body) == (["c"], {"k": [1]})
+
+
+def test_iso_datetime_format_round_trips(client: Client):
+    config = copy.deepcopy(settings.POWERSYNC)
+    config["DATETIME_FORMAT"] = "iso"
+    moment = datetime.datetime(2026, 11, 26, 5, 44, 47, 11390, tzinfo=UTC)
+    extra = {"moments": [moment], "moment_range": (moment, None)} if ON_POSTGRES else {}
+    with override_settings(POWERSYNC=config):
+        row = Specimen.objects.create(moment=moment, **extra)
+        replicate_now()
+        data = op_data(row.pk)
+        assert data["moment"] == "2026-11-26T05:44:47.011390Z"
+        if ON_POSTGRES:
+            assert data["moments"] == '["2026-11-26T05:44:47.011390Z"]'
+            assert data["moment_range"] == '{"bounds":"[)","lower":"2026-11-26T05:44:47.011390Z","upper":null}'
+        pk = uuid.uuid4()
+        sent = {k: v for k, v in data.items() if k != "id" and v is not None}
+        response = upload(client, {"batch": [{"op": "PUT", "type": "specimens", "id": str(pk), "data": sent}]})
+        assert response.status_code == 200, response.content
+    back = Specimen.objects.get(pk=pk)
+    assert back.moment == moment
+    if ON_POSTGRES:
+        assert back.moments == [moment] and back.moment_range.lower == moment
