@@ -14,11 +14,12 @@ import json
 import math
 from typing import Any
 
+import orjson
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
 from rest_framework import serializers
 
-from .encoding import ArrayField, HStoreField, RangeField, encode_value
+from .encoding import MAX_JSON_DEPTH, ArrayField, HStoreField, RangeField, encode_value
 
 
 def _reject_constant(name: str) -> Any:
@@ -37,15 +38,31 @@ class ClientJSONField(serializers.JSONField):
     """A JSON column holds JSON text: a string is parsed (a JSON string arrives quoted, ``'"abc"'``)."""
 
     # (DRF formats these with str.format: braces doubled)
-    default_error_messages = {"not_json": "Expected JSON text (this column holds JSON: '{{\"a\": 1}}', '\"text\"')."}
+    default_error_messages = {
+        "not_json": "Expected JSON text (this column holds JSON: '{{\"a\": 1}}', '\"text\"').",
+        "too_deep": f"JSON nested more than {MAX_JSON_DEPTH} levels deep cannot be synced.",
+    }
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, str):
+            if len(data) > 2 * MAX_JSON_DEPTH and not _within_depth(data):
+                self.fail("too_deep")
             try:
                 data = _json_loads(data, self.decoder)
             except ValueError:
                 self.fail("not_json")
         return super().to_internal_value(data)
+
+
+def _within_depth(text: str) -> bool:
+    """Whether JSON text is nested at most MAX_JSON_DEPTH levels (orjson's limit; invalid text: True)."""
+    try:
+        orjson.dumps(orjson.loads(text))
+    except orjson.JSONEncodeError:
+        return False
+    except orjson.JSONDecodeError as exc:
+        return "depth" not in str(exc)
+    return True
 
 
 class ClientDurationField(serializers.DurationField):

@@ -27,12 +27,14 @@ from django.test import Client, override_settings
 from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
+from rest_framework import serializers
 from schema_project.workspace.models import ON_POSTGRES, Specimen
 
 from powersync_django.auth import make_token
 from powersync_django.encoding import ArrayField, HStoreField, RangeField, UnsyncableValue
 from powersync_django.models import BucketOp, OutboxEntry
 from powersync_django.replication import replicate_now
+from powersync_django.upload_fields import UploadModelSerializer
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -327,14 +329,14 @@ def test_json_text_of_any_json_value(client: Client, text: str, value: Any):
     assert Specimen.objects.get(pk=pk).data == value
 
 
-@pytest.mark.parametrize("text", ["not json", "{'a': 1}", '{"a": NaN}', "[1", "[" * 5000 + "]" * 5000])
+@pytest.mark.parametrize("text", ["not json", "{'a': 1}", '{"a": NaN}', "[1", "[" * 5000 + "]", "[" * 900 + "x"])
 def test_upload_of_text_that_is_not_json_is_a_400(client: Client, text: str):
     pk = uuid.uuid4()
     response = upload(client, {"batch": [{"op": "PUT", "type": "specimens", "id": str(pk), "data": {"data": text}}]})
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert error["operations"][0]["code"] == "invalid"
-    assert "JSON text" in error["operations"][0]["errors"]["data"][0]
+    assert "JSON" in error["operations"][0]["errors"]["data"][0]
     assert not Specimen.objects.filter(pk=pk).exists()
 
 
@@ -474,21 +476,47 @@ def test_unsynced_columns_may_hold_anything():
     assert data["char"] == "x" and "real" not in data and "data" not in data
 
 
-def test_upload_of_a_value_clients_cannot_hold_is_a_400_for_that_operation(client: Client):
+@pytest.mark.parametrize("depth", [255, 900, 5000])
+def test_upload_of_json_too_deep_to_sync_is_a_400_for_that_operation(client: Client, depth: int):
     pk = uuid.uuid4()
     response = upload(client, {"batch": [
         {"op": "PUT", "type": "specimens", "id": str(uuid.uuid4()), "data": {"char": "fine"}},
-        {"op": "PUT", "type": "specimens", "id": str(pk), "data": {"data": "[" * 300 + "]" * 300}},
+        {"op": "PUT", "type": "specimens", "id": str(pk), "data": {"data": "[" * depth + "]" * depth}},
     ]})
     assert response.status_code == 400, response.content
     error = response.json()["error"]
     assert error["code"] == "UPLOAD_INVALID"
     [operation] = error["operations"]
     assert (operation["index"], operation["id"], operation["code"]) == (1, str(pk), "invalid")
-    assert operation["errors"]["data"] == ["PowerSync cannot sync workspace.Specimen.data: the JSON value is nested "
-                                           "more than 254 levels deep. Flatten it, or store it in a field that is "
-                                           "not synced."]
+    assert operation["errors"] == {"data": ["JSON nested more than 254 levels deep cannot be synced."]}
     assert not Specimen.objects.exists()  # the whole batch was rolled back
+
+
+class TextFloatSerializer(UploadModelSerializer):
+    """A custom serializer that hands the model whatever text it gets (FloatField takes "inf")."""
+
+    real = serializers.CharField()
+
+    class Meta:
+        model = Specimen
+        fields = ["real"]
+
+
+def test_upload_of_a_value_clients_cannot_hold_is_a_400_for_that_operation(client: Client):
+    config = copy.deepcopy(settings.POWERSYNC)
+    config["UPLOAD"]["SERIALIZERS"] = {"specimens": TextFloatSerializer}
+    pk = uuid.uuid4()
+    with override_settings(POWERSYNC=config):
+        response = upload(client, {"batch": [
+            {"op": "PUT", "type": "specimens", "id": str(uuid.uuid4()), "data": {"real": "1.5"}},
+            {"op": "PUT", "type": "specimens", "id": str(pk), "data": {"real": "inf"}},
+        ]})
+    assert response.status_code == 400, response.content
+    [operation] = response.json()["error"]["operations"]
+    assert (operation["index"], operation["id"], operation["code"]) == (1, str(pk), "invalid")
+    assert operation["errors"] == {"real": ["PowerSync cannot sync workspace.Specimen.real: inf is not a JSON number. "
+                                            "Store None (or a finite number) instead."]}
+    assert not Specimen.objects.exists()
     replicate_now()
 
 
