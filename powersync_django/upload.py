@@ -451,7 +451,7 @@ def _write(operation: Operation, action: Callable[[], Any]) -> None:
         action()
     except UnsyncableValue as exc:  # a value the database takes but clients could not receive
         raise UploadError(400, UPLOAD_INVALID, "Invalid data.", [operation.error(
-            OP_INVALID, {exc.field.attname: [str(exc)]})]) from None
+            OP_INVALID, {getattr(exc.field, "attname", "non_field_errors"): [str(exc)]})]) from None
     except (IntegrityError, DataError) as exc:
         logger.info("powersync upload: database rejected %s %s %s: %s", operation.op, operation.table,
                     operation.id, exc)
