@@ -119,7 +119,9 @@ class ClientListField(serializers.ListField):
 
 
 class ClientHStoreField(serializers.HStoreField):
-    """hstore columns arrive as the JSON text of an object of strings."""
+    """hstore columns arrive as the JSON text of an object of strings (kept as sent, not stripped)."""
+
+    child = serializers.CharField(allow_blank=True, allow_null=True, trim_whitespace=False)
 
     def to_internal_value(self, data: Any) -> Any:
         if isinstance(data, str):

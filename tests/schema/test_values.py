@@ -214,6 +214,7 @@ def _strategies() -> dict[str, st.SearchStrategy]:
 
         out.update({
             "numbers": st.lists(int32, max_size=5),
+            "words": st.lists(nullable(TEXT.filter(lambda t: len(t) <= 20)), max_size=4),
             "moments": st.lists(nullable(AWARE), max_size=3),
             "grid": st.integers(0, 3).flatmap(lambda cols: st.lists(st.lists(
                 st.decimals(min_value=-9999, max_value=9999, places=2), min_size=max(cols, 1),
@@ -381,7 +382,7 @@ def test_upload_of_unreadable_values_is_a_400(client: Client, column: str, sent:
                                                      None]),
     ("grid", '[["1.5","2"],["3","4"]]', [[decimal.Decimal("1.50"), decimal.Decimal("2.00")],
                                          [decimal.Decimal("3.00"), decimal.Decimal("4.00")]]),
-    ("attrs", '{"k":"v","n":null}', {"k": "v", "n": None}),
+    ("attrs", '{"k":"v","n":null," s ":"\\r "}', {"k": "v", "n": None, " s ": "\r "}),
     ("int_range", '{"bounds":"[)","lower":1,"upper":5}', (1, 5, "[)")),
     ("int_range", '{"bounds":"[]","lower":1,"upper":null}', (1, None, "[)")),
     ("int_range", '{"empty":true}', "empty"),

@@ -134,6 +134,7 @@ class Specimen(models.Model):
         from django.contrib.postgres import fields as pg
 
         numbers = pg.ArrayField(models.IntegerField(), null=True, blank=True)
+        words = pg.ArrayField(models.CharField(max_length=20, null=True, blank=True), null=True, blank=True)
         moments = pg.ArrayField(models.DateTimeField(null=True), null=True, blank=True)
         grid = pg.ArrayField(pg.ArrayField(models.DecimalField(max_digits=6, decimal_places=2)), null=True,
                              blank=True)

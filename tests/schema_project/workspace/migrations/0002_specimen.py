@@ -50,6 +50,8 @@ if settings.DATABASES["default"]["ENGINE"].endswith("postgresql"):
     Migration.operations[:0] = [HStoreExtension()]
     Migration.operations += [
         migrations.AddField("specimen", "numbers", pg.ArrayField(models.IntegerField(), blank=True, null=True)),
+        migrations.AddField("specimen", "words", pg.ArrayField(models.CharField(max_length=20, null=True, blank=True), blank=True,
+                                                              null=True)),
         migrations.AddField("specimen", "moments",
                             pg.ArrayField(models.DateTimeField(null=True), blank=True, null=True)),
         migrations.AddField("specimen", "grid", pg.ArrayField(pg.ArrayField(
