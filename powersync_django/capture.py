@@ -54,14 +54,39 @@ def is_tracked(model: type[models.Model]) -> bool:
 
 
 def _values(instance: models.Model, model: type[models.Model] | None = None) -> dict[str, Any]:
-    """Snapshot values (attname -> JSON value) of all concrete fields of ``model`` (default: the instance's)."""
-    return {f.attname: snapshot_value(f, getattr(instance, f.attname))
-            for f in (model or type(instance))._meta.concrete_fields}
+    """Snapshot values (attname -> JSON value) of all concrete fields of ``model`` (default: the instance's).
+
+    Raises :class:`~powersync_django.encoding.UnsyncableValue` when a synced column holds a value clients
+    cannot receive (NaN, JSON nested too deeply...): the save fails with a clear message rather than the
+    replicator later.
+    """
+    model = model or type(instance)
+    synced = synced_columns(model)
+    return {f.attname: snapshot_value(f, getattr(instance, f.attname), synced=f.attname in synced)
+            for f in model._meta.concrete_fields}
 
 
 def snapshot(instance: models.Model) -> str:
-    """JSON text of all concrete field values of an instance."""
+    """JSON text of all concrete field values of an instance (:func:`encoding.snapshot_value`)."""
     return orjson.dumps(_values(instance)).decode()
+
+
+_synced_cache: tuple[Any, dict[str, frozenset[str]]] | None = None
+
+
+def synced_columns(model: type[models.Model]) -> frozenset[str]:
+    """Attnames of a model's fields that some data query sends to clients (cached per bucket definitions)."""
+    global _synced_cache
+    from .rules import get_rules
+
+    rules = get_rules()
+    if _synced_cache is None or _synced_cache[0] is not rules:
+        _synced_cache = (rules, {})
+    cache = _synced_cache[1]
+    label = label_of(model)
+    if label not in cache:
+        cache[label] = frozenset(c.attname for q in rules.by_model.get(label, ()) for c in q.columns)
+    return cache[label]
 
 
 def _needs_reload(instance: models.Model, model: type[models.Model]) -> bool:

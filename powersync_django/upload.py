@@ -39,6 +39,8 @@ from rest_framework.utils.field_mapping import ClassLookupDict
 
 from .conf import get_config, import_setting
 from .db import write_transaction
+from .encoding import UnsyncableValue
+from .upload_fields import UploadModelSerializer
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +156,8 @@ def allow_any(user: Any, op: str, instance: models.Model | None, data: Mapping[s
 
 
 def build_serializer(model: type[models.Model], columns: list[models.Field]) -> type[serializers.ModelSerializer]:
-    """A ModelSerializer over the synced ``columns`` (minus the primary key), named by client column.
+    """An :class:`UploadModelSerializer` over the synced ``columns`` (minus the primary key), named by client
+    column; its fields read client values (JSON text, seconds, base64: README "Value encoding").
 
     Foreign keys are plain value fields named by attname (``list_id``), typed by the target's key, so a hook
     can check a referenced row before anyone learns whether it exists.
@@ -170,7 +173,7 @@ def build_serializer(model: type[models.Model], columns: list[models.Field]) -> 
             declared[column.attname] = _key_field(column)
     meta = type("Meta", (), {"model": model, "fields": names})
     attrs: dict[str, Any] = {"Meta": meta, "__module__": __name__, **declared}
-    return type(f"{model.__name__}UploadSerializer", (serializers.ModelSerializer,), attrs)
+    return type(f"{model.__name__}UploadSerializer", (UploadModelSerializer,), attrs)
 
 
 _FIELD_MAPPING = ClassLookupDict(serializers.ModelSerializer.serializer_field_mapping)
@@ -447,6 +450,9 @@ def _write(operation: Operation, action: Callable[[], Any]) -> None:
     """Run a save/delete; a database constraint failure becomes a 400 (the batch is rolled back anyway)."""
     try:
         action()
+    except UnsyncableValue as exc:  # a value the database takes but clients could not receive
+        raise UploadError(400, UPLOAD_INVALID, "Invalid data.", [operation.error(
+            OP_INVALID, {getattr(exc.field, "attname", "non_field_errors"): [str(exc)]})]) from None
     except (IntegrityError, DataError) as exc:
         logger.info("powersync upload: database rejected %s %s %s: %s", operation.op, operation.table,
                     operation.id, exc)

@@ -9,11 +9,20 @@ import zoneinfo
 
 import orjson
 import pytest
+from django.contrib.postgres import fields as pg
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import models
+from django.db.backends.postgresql.psycopg_any import DateTimeTZRange, NumericRange
 from django.test import override_settings
 
 from powersync_django.conf import get_config
-from powersync_django.encoding import encode_value, format_datetime, snapshot_to_python, snapshot_value
+from powersync_django.encoding import (
+    UnsyncableValue,
+    encode_value,
+    format_datetime,
+    snapshot_to_python,
+    snapshot_value,
+)
 
 UTC = datetime.UTC
 PARIS = zoneinfo.ZoneInfo("Europe/Paris")
@@ -108,6 +117,10 @@ ROUND_TRIP = [
     (models.JSONField(), None),
     (models.BinaryField(), b"\x00\xffbinary"),
     (models.DurationField(), datetime.timedelta(days=2, seconds=3, microseconds=4)),
+    (models.DurationField(), datetime.timedelta.max),
+    (models.DurationField(), -datetime.timedelta(days=999999, microseconds=1)),
+    (models.JSONField(), {"big": 2**70, "deep": [[[[[[1.5]]]]]], "": None}),
+    (models.FloatField(), -0.0),
     (models.CharField(null=True), None),
 ]
 
@@ -142,3 +155,146 @@ def test_foreign_key_snapshot_uses_the_target_type():
     back = snapshot_to_python(fk, snapshot_value(fk, pk))
     assert back == pk and isinstance(back, uuid.UUID)
     assert encode_value(back, fk) == str(pk)
+
+
+# --- field conversion APIs, contrib.postgres fields, values clients cannot hold ------------------
+
+PG_ROUND_TRIP = [
+    (pg.ArrayField(models.IntegerField()), [1, None, -3]),
+    (pg.ArrayField(models.CharField(max_length=5)), ["a", "", "None", "[1]"]),
+    (pg.ArrayField(models.DateTimeField()), [datetime.datetime(2026, 1, 2, 3, 4, 5, 6, tzinfo=UTC)]),
+    (pg.ArrayField(pg.ArrayField(models.DecimalField(max_digits=5, decimal_places=2))),
+     [[decimal.Decimal("1.50")], [decimal.Decimal("-2.00")]]),
+    (pg.ArrayField(models.JSONField()), [{"a": [1]}, "s", None]),
+    (pg.HStoreField(), {"k": "v", "n": None, "ü": "ß"}),
+    (pg.IntegerRangeField(), NumericRange(1, 5, "[)")),
+    (pg.IntegerRangeField(), NumericRange(None, 5, "()")),
+    (pg.IntegerRangeField(), NumericRange(empty=True)),
+    (pg.DecimalRangeField(), NumericRange(decimal.Decimal("0.5"), decimal.Decimal("1.25"), "(]")),
+    (pg.DateTimeRangeField(), DateTimeTZRange(datetime.datetime(2026, 1, 1, tzinfo=UTC), None, "[)")),
+]
+
+
+@pytest.mark.parametrize(("field", "value"), PG_ROUND_TRIP)
+def test_postgres_fields_snapshot_round_trip(field, value):
+    text = orjson.dumps({"v": snapshot_value(field, value)})
+    back = snapshot_to_python(field, orjson.loads(text)["v"])
+    assert back == value
+    assert encode_value(back, field) == encode_value(value, field)
+
+
+@pytest.mark.parametrize(("field", "value", "expected"), [
+    (pg.ArrayField(models.IntegerField()), [1, None], "[1,null]"),
+    (pg.ArrayField(models.BooleanField()), [True, False], "[1,0]"),
+    (pg.ArrayField(models.DateTimeField()), [datetime.datetime(2026, 1, 2, 3, 4, 5, 600, tzinfo=UTC)],
+     '["2026-01-02 03:04:05.0006Z"]'),
+    (pg.ArrayField(models.DecimalField(max_digits=5, decimal_places=2)), [decimal.Decimal("1.50")], '["1.50"]'),
+    (pg.ArrayField(models.UUIDField()), [uuid.UUID(int=1)], '["00000000-0000-0000-0000-000000000001"]'),
+    (pg.ArrayField(pg.ArrayField(models.IntegerField())), [[1, 2], [3, 4]], "[[1,2],[3,4]]"),
+    (pg.ArrayField(models.JSONField()), [{"b": 1, "a": 2}], '["{\\"a\\":2,\\"b\\":1}"]'),
+    (pg.HStoreField(), {"b": "2", "a": None}, '{"a":null,"b":"2"}'),
+    (pg.IntegerRangeField(), NumericRange(1, 5, "[)"), '{"bounds":"[)","lower":1,"upper":5}'),
+    (pg.IntegerRangeField(), NumericRange(empty=True), '{"empty":true}'),
+    (pg.DecimalRangeField(), NumericRange(decimal.Decimal("0.5"), None, "[)"),
+     '{"bounds":"[)","lower":"0.5","upper":null}'),
+    (pg.DateRangeField(), DateTimeTZRange(datetime.date(2026, 1, 1), datetime.date(2026, 2, 1), "[)"),
+     '{"bounds":"[)","lower":"2026-01-01","upper":"2026-02-01"}'),
+])
+def test_postgres_fields_client_encoding(field, value, expected):
+    assert encode_value(value, field) == expected
+
+
+@pytest.mark.parametrize(("field", "value", "stored"), [
+    (pg.IntegerRangeField(), NumericRange(1, 5, "[]"), NumericRange(1, 6, "[)")),
+    (pg.IntegerRangeField(), NumericRange(1, 5, "()"), NumericRange(2, 5, "[)")),
+    (pg.IntegerRangeField(), NumericRange(3, 3, "[)"), NumericRange(empty=True)),
+    (pg.IntegerRangeField(), NumericRange(None, None, "[]"), NumericRange(None, None, "()")),
+    (pg.IntegerRangeField(), (1, 4), NumericRange(1, 4, "[)")),
+    (pg.DecimalRangeField(), NumericRange(decimal.Decimal(1), decimal.Decimal(1), "[]"),
+     NumericRange(decimal.Decimal(1), decimal.Decimal(1), "[]")),
+])
+def test_range_snapshot_is_what_postgresql_stores(field, value, stored):
+    assert snapshot_to_python(field, snapshot_value(field, value)) == stored
+
+
+def test_values_are_normalised_like_the_database_stores_them():
+    # Values assigned in another type are stored converted: the snapshot says what the database holds.
+    assert snapshot_to_python(models.DateField(), snapshot_value(models.DateField(), "2026-02-03")) == \
+        datetime.date(2026, 2, 3)
+    assert snapshot_to_python(models.UUIDField(), snapshot_value(models.UUIDField(), str(uuid.UUID(int=5)))) == \
+        uuid.UUID(int=5)
+    assert snapshot_value(models.BooleanField(), 1) is True
+    assert snapshot_value(models.CharField(), 12) == "12"
+    # Naive datetimes are taken in the default time zone, as Django stores them.
+    naive = datetime.datetime(2026, 1, 1, 12)
+    with override_settings(TIME_ZONE="Europe/Paris"):
+        back = snapshot_to_python(models.DateTimeField(), snapshot_value(models.DateTimeField(), naive))
+    assert back == datetime.datetime(2026, 1, 1, 11, tzinfo=UTC)
+
+
+def test_json_snapshot_is_the_text_the_database_stores():
+    field = models.JSONField(encoder=DjangoJSONEncoder)
+    value = {"when": datetime.date(2026, 1, 2), 3: decimal.Decimal("1.5")}
+    # What the encoder writes (and the database returns): keys as strings, the date and Decimal as text.
+    assert snapshot_to_python(field, snapshot_value(field, value)) == {"when": "2026-01-02", "3": "1.5"}
+    assert encode_value(snapshot_to_python(models.JSONField(), snapshot_value(models.JSONField(), {1: 2})),
+                        models.JSONField()) == '{"1":2}'
+
+
+def test_json_beyond_orjson_is_written_exactly():
+    big = {"n": 2**70, "m": -(2**64)}
+    field = models.JSONField()
+    assert encode_value(snapshot_to_python(field, snapshot_value(field, big, synced=True)), field) == \
+        '{"m":-18446744073709551616,"n":1180591620717411303424}'
+
+
+def nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize(("field", "value", "problem"), [
+    # (Both databases refuse NaN in JSON before PowerSync sees it; this is for fields with an encoder.)
+    (models.JSONField(encoder=DjangoJSONEncoder), {"x": float("nan")}, "JSON has no NaN or Infinity"),
+    (models.JSONField(encoder=DjangoJSONEncoder), [1, float("inf")], "JSON has no NaN or Infinity"),
+    (models.JSONField(), nested(300), "nested more than 254 levels"),
+    (models.FloatField(), float("nan"), "nan is not a JSON number"),
+    (models.FloatField(), float("-inf"), "-inf is not a JSON number"),
+    (pg.ArrayField(models.FloatField()), [1.0, float("inf")], "an element: inf is not a JSON number"),
+])
+def test_synced_values_clients_cannot_hold_are_refused(field, value, problem):
+    from demo_project.todos.models import Todo
+
+    field.set_attributes_from_name("col")
+    field.model = Todo
+    with pytest.raises(UnsyncableValue) as info:
+        snapshot_value(field, value, synced=True)
+    message = str(info.value)
+    assert isinstance(info.value, ValueError)
+    assert message.startswith("PowerSync cannot sync todos.Todo.col: ") and problem in message
+    # ...but kept losslessly in columns no client receives.
+    back = snapshot_to_python(field, orjson.loads(orjson.dumps(snapshot_value(field, value))))
+    assert repr(back) == repr(value)
+
+
+def test_json_at_the_depth_limit_syncs():
+    field = models.JSONField()
+    text = encode_value(snapshot_to_python(field, snapshot_value(field, nested(254), synced=True)), field)
+    assert text == "[" * 254 + "]" * 254
+
+
+def test_client_encoding_never_fails_on_values_read_from_the_database():
+    # A resync reads rows written without PowerSync (raw SQL): what JSON cannot hold becomes null.
+    assert encode_value(float("nan"), models.FloatField()) is None
+    assert encode_value(float("inf")) is None
+    assert encode_value(nested(300), models.JSONField()) == "[" * 300 + "]" * 300
+
+
+def test_snapshots_of_earlier_versions_still_decode():
+    assert snapshot_to_python(models.JSONField(), {"json": {"a": 1}}) == {"a": 1}
+    assert snapshot_to_python(models.DurationField(), {"td": 1.5}) == datetime.timedelta(seconds=1.5)
+    assert snapshot_to_python(models.DurationField(), "1 02:03:04") == datetime.timedelta(days=1, seconds=7384)
+    # The Python repr an ArrayField used to be stored as.
+    assert snapshot_to_python(pg.ArrayField(models.CharField()), "['a', 'b']") == ["a", "b"]

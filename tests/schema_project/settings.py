@@ -49,6 +49,7 @@ ASGI_APPLICATION = "schema_project.asgi.application"
 
 DATABASES = {"default": database_from_url(os.environ.get("DATABASE_URL") or f"sqlite:///{BASE_DIR / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    INSTALLED_APPS.append("django.contrib.postgres")  # hstore and range fields of workspace.Specimen
     DATABASES["default"]["TEST"] = {"NAME": os.environ.get("POWERSYNC_TEST_DB_NAME", "test_powersync") + "_schema"}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 USE_TZ = True

@@ -101,3 +101,49 @@ class Document(models.Model):
 
     def __str__(self) -> str:
         return self.title
+
+
+class Specimen(models.Model):
+    """One nullable column of every built-in field type (and the contrib.postgres ones on PostgreSQL): the
+    value-encoding round trip tests (tests/schema/test_values.py) sync and upload it."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4)
+    char = models.CharField(max_length=100, null=True, blank=True)  # noqa: DJ001 (null and "" both tested)
+    text = models.TextField(null=True, blank=True)  # noqa: DJ001 (null and "" both tested)
+    slug = models.SlugField(null=True, blank=True)  # noqa: DJ001 (null and "" both tested)
+    email = models.EmailField(null=True, blank=True)  # noqa: DJ001 (null and "" both tested)
+    url = models.URLField(null=True, blank=True)  # noqa: DJ001 (null and "" both tested)
+    ip = models.GenericIPAddressField(null=True, blank=True)
+    uuid = models.UUIDField(null=True, blank=True)
+    flag = models.BooleanField(null=True, blank=True)
+    small = models.SmallIntegerField(null=True, blank=True)
+    integer = models.IntegerField(null=True, blank=True)
+    big = models.BigIntegerField(null=True, blank=True)
+    positive_small = models.PositiveSmallIntegerField(null=True, blank=True)
+    positive = models.PositiveIntegerField(null=True, blank=True)
+    positive_big = models.PositiveBigIntegerField(null=True, blank=True)
+    real = models.FloatField(null=True, blank=True)
+    amount = models.DecimalField(max_digits=12, decimal_places=3, null=True, blank=True)
+    day = models.DateField(null=True, blank=True)
+    clock = models.TimeField(null=True, blank=True)
+    moment = models.DateTimeField(null=True, blank=True)
+    span = models.DurationField(null=True, blank=True)
+    data = models.JSONField(null=True, blank=True)
+    blob = models.BinaryField(null=True, blank=True, editable=True)
+    if ON_POSTGRES:
+        from django.contrib.postgres import fields as pg
+
+        numbers = pg.ArrayField(models.IntegerField(), null=True, blank=True)
+        words = pg.ArrayField(models.CharField(max_length=20, null=True, blank=True), null=True, blank=True)
+        moments = pg.ArrayField(models.DateTimeField(null=True), null=True, blank=True)
+        grid = pg.ArrayField(pg.ArrayField(models.DecimalField(max_digits=6, decimal_places=2)), null=True,
+                             blank=True)
+        attrs = pg.HStoreField(null=True, blank=True)
+        int_range = pg.IntegerRangeField(null=True, blank=True)
+        big_range = pg.BigIntegerRangeField(null=True, blank=True)
+        decimal_range = pg.DecimalRangeField(null=True, blank=True)
+        day_range = pg.DateRangeField(null=True, blank=True)
+        moment_range = pg.DateTimeRangeField(null=True, blank=True)
+
+    def __str__(self) -> str:
+        return str(self.id)
