@@ -252,7 +252,7 @@ def _stream_subscription(d: Stream, token: Mapping[str, Any], client: Mapping[st
 def parse_streams(raw: Any, definitions: Mapping[str, Definition], tables: dict[str, tuple[str, list[str]]],
                   problems: list[Problem]) -> dict[str, Stream]:
     """Parse ``STREAMS`` (problems are appended); ``tables`` is shared with the bucket definitions' check."""
-    if not raw:
+    if raw is None:
         return {}
     if not isinstance(raw, dict):
         problems.append(Problem("E020", "POWERSYNC['STREAMS'] must be a dict of streams."))
