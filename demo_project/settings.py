@@ -5,6 +5,7 @@ Environment variables:
   (``sqlite:///path`` also works).
 - ``POWERSYNC_JWT_SECRET``: HS256 secret for client tokens (development default below; change it in production).
 - ``DJANGO_DEBUG``: "0" to turn debug off.
+- ``POWERSYNC_KEEPALIVE_SECONDS``: seconds between ``token_expires_in`` keepalive lines (default 20).
 """
 
 import os
@@ -130,6 +131,7 @@ POWERSYNC = {
         "SECRET": os.environ.get("POWERSYNC_JWT_SECRET", "powersync-demo-dev-secret-change-me"),
         "AUDIENCE": "powersync",
     },
+    "KEEPALIVE_SECONDS": float(os.environ.get("POWERSYNC_KEEPALIVE_SECONDS", "20")),
     "BUCKETS": {
         # One bucket per list the user owns, holding that list's todos (all of them sync on connect).
         "todos_by_list": {
