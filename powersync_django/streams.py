@@ -180,7 +180,8 @@ def resolve(rules: Rules, token: Mapping[str, Any], client: Mapping[str, Any], r
     overrides: dict[str, list[int]] = {}
 
     def add(bucket: str, d: Definition, reason: dict[str, int], override: int | None = None) -> None:
-        buckets.setdefault(bucket, (d.name, d.priority))
+        name, priority = buckets.get(bucket, (d.name, d.priority))
+        buckets[bucket] = (name, min(priority, d.priority))  # several streams sharing a bucket: the highest wins
         reasons.setdefault(bucket, []).append(reason)
         if override is not None:
             overrides.setdefault(bucket, []).append(override)
