@@ -1,7 +1,8 @@
 """The sync session: one per client connection, shared by the HTTP and WebSocket transports.
 
-``await session.prepare()`` resolves the bucket set (errors here become HTTP 400 / RSocket errors before any
-line is sent); ``session.lines()`` then yields sync lines as dicts: a full ``checkpoint``, ``data`` pages from
+``await session.prepare()`` resolves the bucket set: bucket definitions and ``auto_subscribe`` streams unless
+``streams.include_defaults`` is false, plus the request's stream subscriptions (streams.py; errors here become
+HTTP 400 / RSocket errors before any line is sent); ``session.lines()`` then yields sync lines as dicts: a full ``checkpoint``, ``data`` pages from
 each bucket's position up to the checkpoint (highest priority first, ``partial_checkpoint_complete`` between
 priorities), ``checkpoint_complete``; then a ``checkpoint_diff`` for every later checkpoint that changes
 something for this connection; ``token_expires_in`` keepalives; the stream ends when the token expires or
