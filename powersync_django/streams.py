@@ -159,10 +159,8 @@ def resolve(rules: Rules, token: Mapping[str, Any], client: Mapping[str, Any], r
     Bad subscriptions (unknown stream, bad or forbidden parameters) become errors of their stream entry, never
     an exception.
     """
-    requested: dict[str, list[int]] = {}
-    for i, sub in enumerate(request.subscriptions):
-        name = sub.get("stream") if isinstance(sub, Mapping) else None
-        requested.setdefault(name if isinstance(name, str) else "", []).append(i)
+    requested = {sub["stream"] for sub in request.subscriptions
+                 if isinstance(sub, Mapping) and isinstance(sub.get("stream"), str)}
     index: dict[str, int] = {}
     streams: list[dict[str, Any]] = []
 

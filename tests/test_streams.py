@@ -213,6 +213,7 @@ def test_forbidden_unknown_and_bad_subscriptions_get_errors_and_others_keep_sync
         sub(mine.id, override_priority=9),                # 6: bad priority
         {"stream": "list_todos", "parameters": [1]},      # 7: parameters not an object
         "garbage",                                        # 8: not a subscription
+        {"stream": ["list_todos"], "parameters": {}},     # 9: a stream name that is not a string
     ))
     cp = checkpoint(lines)
     by_name = {s["name"]: s for s in cp["streams"]}
@@ -222,7 +223,7 @@ def test_forbidden_unknown_and_bad_subscriptions_get_errors_and_others_keep_sync
     assert "valid UUID" in errors[3] and "list_id" in errors[4]
     assert by_name["nope"] == {"name": "nope", "is_default": False,
                                "errors": [{"subscription": 5, "message": "Unknown stream 'nope'"}]}
-    assert by_name[""]["errors"][0]["subscription"] == 8
+    assert [e["subscription"] for e in by_name[""]["errors"]] == [8, 9]
     assert [b["bucket"] for b in cp["buckets"]] == [todos_bucket(mine)]
     assert buckets_of(lines)[todos_bucket(mine)]["subscriptions"] == [{"sub": 1}]
     assert set(reduce_rows(lines)) == {todos_bucket(mine)}
