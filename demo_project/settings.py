@@ -5,6 +5,7 @@ Environment variables:
   (``sqlite:///path`` also works).
 - ``POWERSYNC_JWT_SECRET``: HS256 secret for client tokens (development default below; change it in production).
 - ``DJANGO_DEBUG``: "0" to turn debug off.
+- ``POWERSYNC_KEEPALIVE_SECONDS``: seconds between ``token_expires_in`` keepalive lines (default 20).
 """
 
 import os
@@ -130,19 +131,36 @@ POWERSYNC = {
         "SECRET": os.environ.get("POWERSYNC_JWT_SECRET", "powersync-demo-dev-secret-change-me"),
         "AUDIENCE": "powersync",
     },
+    "KEEPALIVE_SECONDS": float(os.environ.get("POWERSYNC_KEEPALIVE_SECONDS", "20")),
     "BUCKETS": {
-        # One bucket per user: the lists they own.
-        "user_lists": {
-            "parameters": {"owner_id": "token.sub"},
+        # One bucket per list the user owns, holding that list's todos (all of them sync on connect).
+        "todos_by_list": {
+            "parameters": {
+                "queryset": "todos.TodoList",
+                "filter": {"owner_id": "token.sub"},
+                "values": {"list_id": "id"},
+            },
+            "data": [
+                {"model": "todos.Todo", "table": "todos", "filter": {"list_id": "bucket.list_id"}},
+            ],
+        },
+    },
+    # Sync Streams (README "Sync Streams"). No stream may share a bucket definition's name.
+    "STREAMS": {
+        # The token user's own lists, synced on connect without an explicit subscription.
+        "lists": {
+            "auto_subscribe": True,
+            "parameters": {"owner_id": "auth.user_id"},
             "data": [
                 {"model": "todos.TodoList", "table": "lists", "filter": {"owner_id": "bucket.owner_id"}},
             ],
         },
-        # One bucket per list the user owns, holding that list's todos.
+        # The todos of one list, on demand: db.syncStream("list_todos", {list_id}).subscribe(). Only for a list
+        # the token user owns; any other list_id gets an error for that subscription.
         "list_todos": {
             "parameters": {
                 "queryset": "todos.TodoList",
-                "filter": {"owner_id": "token.sub"},
+                "filter": {"id": "subscription.list_id", "owner_id": "auth.user_id"},
                 "values": {"list_id": "id"},
             },
             "data": [

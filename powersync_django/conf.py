@@ -19,6 +19,8 @@ from django.utils.module_loading import import_string
 DEFAULTS: dict[str, Any] = {
     # Bucket definitions, see the README ("Bucket definitions").
     "BUCKETS": {},
+    # Sync Streams, see the README ("Sync Streams").
+    "STREAMS": {},
     "JWT": {
         # HS256 shared secret (str). Used for verification and by `powersync_token`.
         "SECRET": None,
@@ -63,6 +65,8 @@ DEFAULTS: dict[str, Any] = {
     "LEASE_SECONDS": 10,
     # Sync stream limits.
     "MAX_BUCKETS_PER_CONNECTION": 1000,
+    # Explicit stream subscriptions (`streams.subscriptions`) accepted per sync request; more: PSYNC_S2305.
+    "MAX_SUBSCRIPTIONS_PER_CONNECTION": 100,
     "MAX_REQUEST_BYTES": 1024 * 1024,
     "OPS_PER_DATA_LINE": 1000,
     "KEEPALIVE_SECONDS": 20,

@@ -364,7 +364,7 @@ class SyncConsumer(AsyncWebsocketConsumer):
             assert self.claims is not None
             try:
                 session = stream.session = self.session_class(
-                    self.claims, self.decode_request(frame), keepalive=False
+                    self.claims, self.decode_request(frame)
                 )
                 await session.prepare()
             except ProtocolError as exc:

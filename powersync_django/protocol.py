@@ -40,6 +40,10 @@ class SyncRequest:
     client_id: str | None = None
     parameters: dict[str, Any] = field(default_factory=dict)
     raw_data: bool = True
+    # ``streams.include_defaults`` and ``streams.subscriptions`` (items kept as sent: each one is validated on its
+    # own when resolved, so a bad subscription gets an error of its own instead of failing the request).
+    include_defaults: bool = True
+    subscriptions: list[Any] = field(default_factory=list)
 
 
 def _op_id(value: Any, where: str) -> int:
@@ -93,6 +97,15 @@ def parse_request(body: Any) -> SyncRequest:
     streams = body.get("streams")
     if streams is not None and not isinstance(streams, Mapping):
         raise ProtocolError("'streams' must be an object")
+    if streams:
+        include = streams.get("include_defaults")
+        if include is not None and not isinstance(include, bool):
+            raise ProtocolError("'streams.include_defaults' must be a boolean")
+        req.include_defaults = include is not False
+        subscriptions = streams.get("subscriptions")
+        if subscriptions is not None and not isinstance(subscriptions, list):
+            raise ProtocolError("'streams.subscriptions' must be an array")
+        req.subscriptions = list(subscriptions or ())
     return req
 
 

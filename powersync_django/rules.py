@@ -274,6 +274,8 @@ class Rules:
         for d in self.definitions.values():
             if limit is not None and len(out) > limit:
                 break
+            if getattr(d, "is_stream", False):
+                continue  # streams: see streams.resolve
             if not d.parameter_queries:
                 out[bucket_id(d.name, [], version)] = (d.name, d.priority)
                 continue
@@ -550,7 +552,7 @@ def _parse_parameters(name: str, raw: Any, problems: list[Problem]) -> tuple[lis
 
 
 def parse(config: Mapping[str, Any]) -> tuple[Rules | None, list[Problem]]:
-    """Parse ``BUCKETS``; return the rules (None if unusable) and every problem found."""
+    """Parse ``BUCKETS`` and ``STREAMS``; return the rules (None if unusable) and every problem found."""
     problems: list[Problem] = []
     raw_buckets = config.get("BUCKETS") or {}
     if not isinstance(raw_buckets, dict):
@@ -592,15 +594,20 @@ def parse(config: Mapping[str, Any]) -> tuple[Rules | None, list[Problem]]:
                                         "Give each mapping its own 'table' or the same model and columns."))
             tables.setdefault(q.table, (q.model._meta.label_lower, cols))
         definitions[name] = Definition(name, pnames, pqueries, data, priority)
-    digest = hashlib.sha256(_canonical(raw_buckets, config.get("DATETIME_FORMAT"))).hexdigest()
+    from .streams import parse_streams
+
+    definitions.update(parse_streams(config.get("STREAMS"), definitions, tables, problems))
+    digest = hashlib.sha256(_canonical(raw_buckets, config.get("DATETIME_FORMAT"), config.get("STREAMS"))).hexdigest()
     if any(p.id.startswith("E") for p in problems):
         return None, problems
     return Rules(definitions, digest), problems
 
 
-def _canonical(raw: Any, datetime_format: Any) -> bytes:
-    return orjson.dumps({"buckets": raw, "datetime_format": datetime_format},
-                        option=orjson.OPT_SORT_KEYS, default=str)
+def _canonical(raw: Any, datetime_format: Any, streams: Any = None) -> bytes:
+    doc = {"buckets": raw, "datetime_format": datetime_format}
+    if streams:  # absent without streams: the hash of existing configurations does not change
+        doc["streams"] = streams
+    return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS, default=str)
 
 
 @lru_cache(maxsize=1)
@@ -608,5 +615,5 @@ def get_rules() -> Rules:
     """The parsed bucket definitions of the current settings (raises ImproperlyConfigured if invalid)."""
     rules, problems = parse(get_config())
     if rules is None:
-        raise ImproperlyConfigured("Invalid POWERSYNC['BUCKETS']: " + "; ".join(p.msg for p in problems))
+        raise ImproperlyConfigured("Invalid POWERSYNC['BUCKETS'] or ['STREAMS']: " + "; ".join(p.msg for p in problems))
     return rules

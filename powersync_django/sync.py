@@ -1,7 +1,8 @@
 """The sync session: one per client connection, shared by the HTTP and WebSocket transports.
 
-``await session.prepare()`` resolves the bucket set (errors here become HTTP 400 / RSocket errors before any
-line is sent); ``session.lines()`` then yields sync lines as dicts: a full ``checkpoint``, ``data`` pages from
+``await session.prepare()`` resolves the bucket set: bucket definitions and ``auto_subscribe`` streams unless
+``streams.include_defaults`` is false, plus the request's stream subscriptions (streams.py; errors here become
+HTTP 400 / RSocket errors before any line is sent); ``session.lines()`` then yields sync lines as dicts: a full ``checkpoint``, ``data`` pages from
 each bucket's position up to the checkpoint (highest priority first, ``partial_checkpoint_complete`` between
 priorities), ``checkpoint_complete``; then a ``checkpoint_diff`` for every later checkpoint that changes
 something for this connection; ``token_expires_in`` keepalives; the stream ends when the token expires or
@@ -17,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from . import storage
+from . import storage, streams
 from .auth import TokenClaims
 from .checksums import to_signed
 from .conf import get_config
@@ -48,6 +49,9 @@ class SyncSession:
         self.watch = self.rules.stream_keys(claims.claims, request.parameters or {})
         # bucket -> (definition, priority) the user is entitled to
         self.entitled: dict[str, tuple[str, int]] = {}
+        # bucket -> why it is included ({"default": i} / {"sub": i}); checkpoint.streams of this connection
+        self.reasons: dict[str, list[dict[str, int]]] = {}
+        self.streams: list[dict[str, Any]] | None = None
         # bucket -> op id the client has (or will have) everything up to
         self.positions: dict[str, int] = dict(request.buckets)
         # bucket -> (checksum, count) last sent on this connection
@@ -76,10 +80,16 @@ class SyncSession:
         self.entitled = await self._resolve_buckets()
 
     async def _resolve_buckets(self) -> dict[str, tuple[str, int]]:
+        streams.check_subscription_count(self.request, self.config["MAX_SUBSCRIPTIONS_PER_CONNECTION"])
         limit = self.config["MAX_BUCKETS_PER_CONNECTION"]
-        buckets = await storage.run(
-            self.rules.request_buckets, self.claims.claims, self.request.parameters, self.version, limit
+        resolution = await storage.run(
+            streams.resolve, self.rules, self.claims.claims, self.request.parameters, self.request, self.version,
+            limit,
         )
+        buckets = resolution.buckets
+        self.reasons = resolution.reasons
+        if self.streams is None:  # fixed by the first checkpoint: diffs cannot change the stream list
+            self.streams = resolution.streams
         if len(buckets) > limit:
             top = Counter(d for d, _ in buckets.values()).most_common(3)
             names = ", ".join(f"{d} ({n}+)" for d, n in top)
@@ -109,7 +119,7 @@ class SyncSession:
         line: dict[str, Any] = {"last_op_id": str(state.last_op_id), "buckets": buckets}
         if self.write_checkpoint:
             line["write_checkpoint"] = str(self.write_checkpoint)
-        line["streams"] = [{"name": d, "is_default": True, "errors": []} for d in self.rules.definitions]
+        line["streams"] = self.streams or []
         yield {"checkpoint": line}
         # Buckets the client holds but may not have: it deletes them when they are missing above.
         self.positions = {b: p for b, p in self.positions.items() if b in self.entitled}
@@ -165,9 +175,9 @@ class SyncSession:
         cs = state.buckets.get(bucket)
         checksum, count = (cs.checksum, cs.count) if cs else (0, 0)
         self.sent[bucket] = (checksum, count)
-        definition, priority = self.entitled[bucket]
+        _, priority = self.entitled[bucket]
         return {"bucket": bucket, "checksum": to_signed(checksum), "count": count, "priority": priority,
-                "subscriptions": [{"default": list(self.rules.definitions).index(definition)}]}
+                "subscriptions": self.reasons.get(bucket, [])}
 
     async def _diff(
         self, changes: Changes, force: bool = False

@@ -306,7 +306,7 @@ def test_untracked_models_produce_nothing():
 @pytest.mark.django_db
 def test_models_leave_tracking_with_the_definitions():
     buckets = {"lists": {"data": [{"model": "todos.TodoList", "table": "lists"}]}}
-    with override_settings(POWERSYNC={**get_config(), "BUCKETS": buckets}):
+    with override_settings(POWERSYNC={**get_config(), "BUCKETS": buckets, "STREAMS": {}}):
         lst = TodoList.objects.create(name="a", owner_id="u1")
         todo = Todo.objects.create(list=lst, description="untracked now")
         todo.delete()

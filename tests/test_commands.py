@@ -223,14 +223,14 @@ def test_demo_seed_creates_lists_and_todos_that_sync():
     assert len(lists) == 3 and Todo.objects.filter(list__owner_id="alice").count() == 12
     replicate_now()
     reduced = reduced_storage()
-    assert len(reduced['1#user_lists["alice"]']) == 3
+    assert len(reduced['1#lists["alice"]']) == 3
     for lst in lists:
-        assert len(reduced[f'1#list_todos["{lst.pk}"]']) == 4
+        assert len(reduced[f'1#todos_by_list["{lst.pk}"]']) == 4
     check_storage()
     assert "already has lists" in run("demo_seed", "--owner", "alice", "--if-empty")
     assert TodoList.objects.count() == 3
     text = run("demo_seed", "--owner", "bob", "--lists", "1", "--todos-per-list", "2", "--if-empty", "--replicate")
-    assert "Replicated 3 outbox entries" in text and len(reduced_storage()['1#user_lists["bob"]']) == 1
+    assert "Replicated 3 outbox entries" in text and len(reduced_storage()['1#lists["bob"]']) == 1
 
 
 @pytest.mark.django_db

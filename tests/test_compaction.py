@@ -350,7 +350,7 @@ def test_end_to_end_demo_todos():
     replicate_now()
     others[0].delete()
     replicate_now()
-    [bucket] = [b for b in BucketState.objects.values_list("bucket", flat=True) if "list_todos" in b]
+    [bucket] = [b for b in BucketState.objects.values_list("bucket", flat=True) if "todos_by_list" in b]
     checkpoint = ReplicationState.objects.get(pk=1).last_op_id
     state = BucketState.objects.get(bucket=bucket)
     before = BucketOp.objects.filter(bucket=bucket).count()
@@ -381,7 +381,7 @@ def test_stream_on_older_checkpoint_withholds_it_and_completes_the_next():
     lst = TodoList.objects.create(name="l", owner_id="u1")
     todo = Todo.objects.create(list=lst, description="v0")
     replicate_now()
-    bucket = next(b for b in BucketState.objects.values_list("bucket", flat=True) if "list_todos" in b)
+    bucket = next(b for b in BucketState.objects.values_list("bucket", flat=True) if "todos_by_list" in b)
 
     def change_and_compact() -> None:
         for i in range(1, 6):

@@ -111,11 +111,11 @@ def state() -> ReplicationState:
 
 
 def lists_bucket(owner: str, version: int = 1) -> str:
-    return f'{version}#user_lists["{owner}"]'
+    return f'{version}#lists["{owner}"]'
 
 
 def todos_bucket(lst: TodoList, version: int = 1) -> str:
-    return f'{version}#list_todos["{lst.pk}"]'
+    return f'{version}#todos_by_list["{lst.pk}"]'
 
 
 # --- basic replication ---------------------------------------------------------------------------
@@ -218,7 +218,7 @@ def test_deletes_and_cascades_remove_rows():
     lst.delete()
     replicate_now()
     for pk in pks:
-        assert ops_of(pk)[-1] == ("REMOVE", f'1#list_todos["{list_pk}"]')
+        assert ops_of(pk)[-1] == ("REMOVE", f'1#todos_by_list["{list_pk}"]')
     assert ops_of(list_pk)[-1] == ("REMOVE", lists_bucket("u1"))
     assert reduced_storage() == {} and not RowBuckets.objects.exists()
     check_storage()
@@ -232,7 +232,7 @@ def test_deletes_and_cascades_remove_rows():
 @pytest.mark.django_db
 def test_rows_outside_every_bucket_get_no_ops():
     buckets = {"open": {"data": [{"model": "todos.Todo", "table": "open", "filter": {"completed": False}}]}}
-    with override_settings(POWERSYNC={**get_config(), "BUCKETS": buckets}):
+    with override_settings(POWERSYNC={**get_config(), "BUCKETS": buckets, "STREAMS": {}}):
         replicate_now()
         lst = TodoList.objects.create(name="a", owner_id="u1")  # not tracked by these definitions
         done = Todo.objects.create(list=lst, description="done", completed=True)
@@ -481,7 +481,7 @@ def test_changed_definitions_rebuild_under_a_new_version():
     replicate_now()
     assert state().rules_version == 1
     old_ops = BucketOp.objects.count()
-    with override_settings(POWERSYNC={**get_config(), "BUCKETS": OTHER_BUCKETS}):
+    with override_settings(POWERSYNC={**get_config(), "BUCKETS": OTHER_BUCKETS, "STREAMS": {}}):
         Todo.objects.create(list=a, description="pending at the build")
         replicate_now()
         st_ = state()

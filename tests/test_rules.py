@@ -27,7 +27,7 @@ def test_row_buckets_of_demo_definitions():
     row = {"id": uuid.uuid4(), "list_id": list_id, "description": "milk", "completed": True,
            "created_by": "u1", "created_at": None, "completed_at": None}
     [(bucket, table, object_id, data)] = r.row_buckets("todos.todo", row, 1)
-    assert bucket == f'1#list_todos["{list_id}"]'
+    assert bucket == f'1#todos_by_list["{list_id}"]'
     assert table == "todos"
     assert object_id == str(row["id"])
     assert '"completed":1' in data and f'"list_id":"{list_id}"' in data
@@ -42,7 +42,7 @@ def test_request_buckets_run_parameter_queryset():
     TodoList.objects.create(name="b", owner_id="u2")
     r, _ = parse(DEMO)
     got = r.request_buckets({"sub": "u1"}, {}, 2)
-    assert got == {'2#user_lists["u1"]': ("user_lists", 3), f'2#list_todos["{mine.id}"]': ("list_todos", 3)}
+    assert got == {f'2#todos_by_list["{mine.id}"]': ("todos_by_list", 3)}
 
 
 def test_static_filters_and_global_bucket():

@@ -103,13 +103,13 @@ def test_initial_sync_sends_checkpoint_data_and_complete():
     assert isinstance(checkpoint["last_op_id"], str)
     assert lines[-1]["checkpoint_complete"]["last_op_id"] == checkpoint["last_op_id"]
     names = sorted(b["bucket"] for b in checkpoint["buckets"])
-    assert names == sorted([f'1#list_todos["{lst.id}"]', '1#user_lists["u1"]'])
+    assert names == sorted([f'1#todos_by_list["{lst.id}"]', '1#lists["u1"]'])
     check_checksums(lines)
     rows = reduce_rows(lines)
-    todos = rows[f'1#list_todos["{lst.id}"]']
+    todos = rows[f'1#todos_by_list["{lst.id}"]']
     assert sorted(r["description"] for r in todos.values()) == ["todo 0", "todo 1", "todo 2"]
     assert all(r["completed"] == 0 and r["list_id"] == str(lst.id) for r in todos.values())
-    assert [r["owner_id"] for r in rows['1#user_lists["u1"]'].values()] == ["u1"]
+    assert [r["owner_id"] for r in rows['1#lists["u1"]'].values()] == ["u1"]
     for line in lines:
         if "data" in line:
             for op in line["data"]["data"]:
@@ -125,29 +125,30 @@ def test_no_buckets_still_completes():
     replicate_now()
     lines = asyncio.run(run())
     assert [list(x) for x in lines] == [["checkpoint"], ["checkpoint_complete"]]
-    assert lines[0]["checkpoint"]["buckets"] == [{"bucket": '1#user_lists["nobody"]', "checksum": 0, "count": 0,
-                                                  "priority": 3, "subscriptions": [{"default": 0}]}]
+    assert lines[0]["checkpoint"]["buckets"] == [{"bucket": '1#lists["nobody"]', "checksum": 0, "count": 0,
+                                                  "priority": 3, "subscriptions": [{"default": 1}]}]
 
 
 def test_resume_sends_only_ops_after_position_and_ignores_foreign_buckets():
     lst = seed("u1", todos=2)
-    bucket = f'1#list_todos["{lst.id}"]'
+    bucket = f'1#todos_by_list["{lst.id}"]'
     last = storage.read_checkpoint([bucket]).buckets[bucket].last_op_id
     Todo.objects.create(list=lst, description="new one")
     replicate_now()
+    new = storage.read_checkpoint([bucket]).buckets[bucket].last_op_id
 
     async def run():
-        req = SyncRequest(buckets={bucket: last, '1#user_lists["u2"]': 0})
+        req = SyncRequest(buckets={bucket: last, '1#lists["u2"]': 0})
         session = SyncSession(claims("u1"), req)
         await session.prepare()
         return await take_until(session.lines(), "checkpoint_complete")
 
     lines = asyncio.run(run())
     data = [line["data"] for line in lines if "data" in line and line["data"]["bucket"] == bucket]
-    assert [op["op_id"] for d in data for op in d["data"]] == [str(last + 1)]
+    assert [op["op_id"] for d in data for op in d["data"]] == [str(new)]
     assert data[0]["after"] == str(last)
-    assert '1#user_lists["u2"]' not in {b["bucket"] for b in lines[0]["checkpoint"]["buckets"]}
-    assert not any("data" in line and line["data"]["bucket"] == '1#user_lists["u2"]' for line in lines)
+    assert '1#lists["u2"]' not in {b["bucket"] for b in lines[0]["checkpoint"]["buckets"]}
+    assert not any("data" in line and line["data"]["bucket"] == '1#lists["u2"]' for line in lines)
 
 
 def test_live_changes_write_checkpoints_and_bucket_loss_on_open_stream():
@@ -183,7 +184,7 @@ def test_live_changes_write_checkpoints_and_bucket_loss_on_open_stream():
 
     first, second, counter, third, fourth = asyncio.run(run())
     diff = second[0]["checkpoint_diff"]
-    assert [b["bucket"] for b in diff["updated_buckets"]] == [f'1#list_todos["{lst.id}"]']
+    assert [b["bucket"] for b in diff["updated_buckets"]] == [f'1#todos_by_list["{lst.id}"]']
     assert diff["removed_buckets"] == []
     [data] = [line["data"] for line in second if "data" in line]
     assert [orjson.loads(op["data"])["description"] for op in data["data"]] == ["live"]
@@ -192,10 +193,10 @@ def test_live_changes_write_checkpoints_and_bucket_loss_on_open_stream():
                                           "updated_buckets": [], "removed_buckets": []}},
                      {"checkpoint_complete": {"last_op_id": diff["last_op_id"]}}]
     moved = fourth[0]["checkpoint_diff"]
-    assert moved["removed_buckets"] == [f'1#list_todos["{lst.id}"]']
+    assert moved["removed_buckets"] == [f'1#todos_by_list["{lst.id}"]']
     assert moved["write_checkpoint"] == "1"
     [data] = [line["data"] for line in fourth if "data" in line]
-    assert data["bucket"] == '1#user_lists["u1"]' and data["data"][0]["op"] == "REMOVE"
+    assert data["bucket"] == '1#lists["u1"]' and data["data"][0]["op"] == "REMOVE"
 
 
 def test_gaining_a_list_adds_its_bucket_on_the_open_stream():
@@ -221,9 +222,9 @@ def test_gaining_a_list_adds_its_bucket_on_the_open_stream():
 
     lst, lines = asyncio.run(run())
     diff = lines[0]["checkpoint_diff"]
-    assert f'1#list_todos["{lst.id}"]' in {b["bucket"] for b in diff["updated_buckets"]}
+    assert f'1#todos_by_list["{lst.id}"]' in {b["bucket"] for b in diff["updated_buckets"]}
     rows = reduce_rows(lines)
-    assert len(rows[f'1#list_todos["{lst.id}"]']) == 2
+    assert len(rows[f'1#todos_by_list["{lst.id}"]']) == 2
 
 
 def test_a_change_of_another_users_list_does_not_re_evaluate_this_stream(monkeypatch):
@@ -234,10 +235,10 @@ def test_a_change_of_another_users_list_does_not_re_evaluate_this_stream(monkeyp
     runs: list[str] = []
     original = rules.ParameterQuery.rows
 
-    def rows(self, token, client, order):
+    def rows(self, token, client, order, *args, **kwargs):
         if self.model is not None:
             runs.append(token["sub"])
-        return original(self, token, client, order)
+        return original(self, token, client, order, *args, **kwargs)
 
     monkeypatch.setattr(rules.ParameterQuery, "rows", rows)
 
@@ -266,7 +267,7 @@ def test_a_change_of_another_users_list_does_not_re_evaluate_this_stream(monkeyp
     assert "todos.todolist|owner_id=u2" in changes.models
     assert untouched == (None, None, [])
     assert runs == ["u1"]
-    assert f'1#list_todos["{lst.id}"]' in {b["bucket"] for b in lines[0]["checkpoint_diff"]["updated_buckets"]}
+    assert f'1#todos_by_list["{lst.id}"]' in {b["bucket"] for b in lines[0]["checkpoint_diff"]["updated_buckets"]}
 
 
 def test_priorities_send_partial_checkpoints():
@@ -274,7 +275,7 @@ def test_priorities_send_partial_checkpoints():
         "urgent": {"data": [{"model": "todos.TodoList", "table": "lists"}], "priority": 0},
         "rest": {"data": [{"model": "todos.Todo", "table": "todos"}]},
     }
-    with override_settings(POWERSYNC={**_config(), "BUCKETS": buckets}):
+    with override_settings(POWERSYNC={**_config(), "BUCKETS": buckets, "STREAMS": {}}):
         seed("u1", todos=2)
 
         async def run():
@@ -340,7 +341,7 @@ def test_too_many_buckets_is_rejected_before_streaming():
         with pytest.raises(ProtocolError) as err:
             asyncio.run(run())
     assert err.value.code == "PSYNC_S2305"
-    assert "list_todos (2+)" in err.value.details
+    assert "todos_by_list (3+)" in err.value.details
 
 
 def test_bucket_limit_stops_reading_parameter_rows_past_limit_plus_one():

@@ -176,6 +176,10 @@ const credentials = {
   invalidations: []
 };
 
+// Sync Stream subscriptions made by `subscribeStream`, by handle (an integer).
+const streamSubscriptions = new Map();
+let nextStreamHandle = 1;
+
 const uploadAttempts = []; // every uploadData() round trip
 const uploadRejections = []; // 4xx answers (completed and dropped)
 const statusHistory = [];
@@ -208,6 +212,35 @@ function serializeStatus(status) {
       lastSyncedAt: entry.lastSyncedAt ? entry.lastSyncedAt.toISOString() : null
     })),
     message: status.getMessage()
+  };
+}
+
+// The SDK builds stream dates from the core's microsecond timestamps as if they were seconds, which can
+// give invalid Dates: report those as the raw number.
+function dateText(date) {
+  if (date == null) return null;
+  return Number.isNaN(date.getTime()) ? String(date.valueOf()) : date.toISOString();
+}
+
+function serializeStreamStatus(status) {
+  if (status == null) return null;
+  const sub = status.subscription;
+  return {
+    name: sub.name,
+    parameters: sub.parameters ?? null,
+    active: sub.active,
+    isDefault: sub.isDefault,
+    hasExplicitSubscription: sub.hasExplicitSubscription,
+    hasSynced: sub.hasSynced,
+    expiresAt: dateText(sub.expiresAt),
+    lastSyncedAt: dateText(sub.lastSyncedAt),
+    priority: status.priority ?? null,
+    progress: status.progress
+      ? {
+          downloadedOperations: status.progress.downloadedOperations,
+          totalOperations: status.progress.totalOperations
+        }
+      : null
   };
 }
 
@@ -346,7 +379,11 @@ const commands = {
     dbPath = absolute;
     disposeStatusListener = db.registerListener({
       statusChanged(status) {
-        statusHistory.push({ time: new Date().toISOString(), ...serializeStatus(status) });
+        statusHistory.push({
+          time: new Date().toISOString(),
+          ...serializeStatus(status),
+          streams: (status.syncStreams ?? []).map(serializeStreamStatus)
+        });
         if (statusHistory.length > MAX_STATUS_HISTORY) statusHistory.shift();
       }
     });
@@ -448,6 +485,56 @@ const commands = {
 
   async status() {
     return serializeStatus(requireDb().currentStatus);
+  },
+
+  // --- Sync Streams -------------------------------------------------------
+  // db.syncStream(name, params).subscribe({ttl, priority}); answers a handle for the other commands.
+  async subscribeStream({ name, params, ttl, priority }) {
+    const options = {};
+    if (ttl != null) options.ttl = ttl;
+    if (priority != null) options.priority = priority;
+    const subscription = await requireDb().syncStream(name, params ?? undefined).subscribe(options);
+    const handle = nextStreamHandle++;
+    streamSubscriptions.set(handle, subscription);
+    return { handle };
+  },
+
+  async unsubscribeStream({ handle }) {
+    const subscription = streamSubscriptions.get(handle);
+    if (subscription == null) throw new Error(`unknown stream subscription handle ${handle}`);
+    subscription.unsubscribe();
+    streamSubscriptions.delete(handle);
+    return null;
+  },
+
+  // subscription.waitForFirstSync(), bounded by timeoutMs: {synced, elapsedMs}.
+  async waitForStreamFirstSync({ handle, timeoutMs = 30000 }) {
+    const subscription = streamSubscriptions.get(handle);
+    if (subscription == null) throw new Error(`unknown stream subscription handle ${handle}`);
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(), timeoutMs);
+    const started = Date.now();
+    let synced = true;
+    try {
+      await subscription.waitForFirstSync(controller.signal);
+    } catch (error) {
+      if (!controller.signal.aborted) throw error;
+      synced = false;
+    } finally {
+      clearTimeout(timer);
+    }
+    if (controller.signal.aborted) synced = false;
+    return { synced, elapsedMs: Date.now() - started };
+  },
+
+  // currentStatus.forStream({name, parameters}) (null when the stream is not tracked).
+  async streamStatus({ name, params }) {
+    return serializeStreamStatus(requireDb().currentStatus.forStream({ name, parameters: params ?? null }));
+  },
+
+  // currentStatus.syncStreams: every tracked stream subscription.
+  async syncStreams() {
+    return (requireDb().currentStatus.syncStreams ?? []).map(serializeStreamStatus);
   },
 
   async statusHistory({ clear = false } = {}) {

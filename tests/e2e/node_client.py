@@ -477,6 +477,36 @@ class NodeClient:
             )
         return result
 
+    # --- Sync Streams -----------------------------------------------------------------------------
+
+    def subscribe_stream(self, name: str, params: dict[str, Any] | None = None, *, ttl: float | None = None,
+                         priority: int | None = None) -> int:
+        """``db.syncStream(name, params).subscribe({ttl, priority})``; returns a handle for the calls below."""
+        args: dict[str, Any] = {"name": name, "params": params}
+        if ttl is not None:
+            args["ttl"] = ttl
+        if priority is not None:
+            args["priority"] = priority
+        return self.call("subscribeStream", args)["handle"]
+
+    def unsubscribe_stream(self, handle: int) -> None:
+        """``subscription.unsubscribe()``: the stream is evicted once its TTL has passed."""
+        self.call("unsubscribeStream", {"handle": handle})
+
+    def wait_for_stream_first_sync(self, handle: int, timeout_ms: int = 30_000) -> dict[str, Any]:
+        """``subscription.waitForFirstSync()`` bounded by ``timeout_ms``: ``{"synced", "elapsedMs"}``."""
+        return self.call("waitForStreamFirstSync", {"handle": handle, "timeoutMs": timeout_ms},
+                         timeout=self._ms_timeout(timeout_ms))
+
+    def stream_status(self, name: str, params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        """``currentStatus.forStream({name, parameters})``: name, parameters, active, isDefault,
+        hasExplicitSubscription, hasSynced, expiresAt, lastSyncedAt, priority, progress (None if untracked)."""
+        return self.call("streamStatus", {"name": name, "params": params})
+
+    def sync_streams(self) -> list[dict[str, Any]]:
+        """``currentStatus.syncStreams``, serialized like :meth:`stream_status`."""
+        return self.call("syncStreams")
+
     def status(self) -> dict[str, Any]:
         """Current sync status: connected, connecting, hasSynced, lastSyncedAt, downloading, uploading,
         downloadError, uploadError, downloadProgress, priorityStatusEntries, message."""

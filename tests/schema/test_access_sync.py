@@ -53,7 +53,7 @@ def query_runs(monkeypatch):
     runs: list[str] = []
     original = rules_module.ParameterQuery.rows
 
-    def rows(self, token, client, order):
+    def rows(self, token, client, order, *args, **kwargs):
         if self.model is not None:
             runs.append(str(token.get("sub")))
         return original(self, token, client, order)

@@ -19,7 +19,7 @@ def test_checks_pass():
 def test_rules_cover_the_schema():
     rules = get_rules()
     assert set(rules.definitions) == {"team_projects", "owned_documents", "folder_documents", "shared_documents",
-                                      "team_tasks"}
+                                      "team_tasks", "document", "team_projects_now"}
     assert "workspace.membership" in rules.parameter_models
 
 

@@ -92,6 +92,28 @@ POWERSYNC = {
             "data": [{"model": "workspace.Task", "table": "tasks", "filter": {"team_id": "bucket.team_id"}}],
         },
     },
+    "STREAMS": {
+        # One document on demand, if the user may see it: as its owner, shared one by one (auto-created M2M) or
+        # through a folder (explicit through model). Same rows per document as shared_documents: shares its buckets.
+        "document": {
+            "parameters": [
+                {"queryset": "workspace.Document", "values": {"document_id": "id"},
+                 "filter": {"id": "subscription.document_id", "owner_id": "auth.user_id"}},
+                {"queryset": "workspace.Document", "values": {"document_id": "id"},
+                 "filter": {"id": "subscription.document_id", "shared_with__id": "auth.user_id"}},
+                {"queryset": "workspace.Document", "values": {"document_id": "id"},
+                 "filter": {"id": "subscription.document_id", "folder__members__id": "auth.user_id"}},
+            ],
+            "data": [{"model": "workspace.Document", "table": "documents", "filter": {"id": "bucket.document_id"}}],
+        },
+        # Another team's projects on demand (integer team_id), for its members only; a priority of its own.
+        "team_projects_now": {
+            "priority": 1,
+            "parameters": {"queryset": "workspace.Team", "values": {"team_id": "id"},
+                           "filter": {"id": "subscription.team_id", "memberships__user_id": "auth.user_id"}},
+            "data": [{"model": "workspace.Project", "table": "projects", "filter": {"team_id": "bucket.team_id"}}],
+        },
+    },
     "UPLOAD": {
         "PERMISSIONS": {
             "documents": "schema_project.workspace.permissions.can_write_document",
