@@ -85,7 +85,9 @@ class Pool:
     @property
     def queued(self) -> int:
         """Jobs waiting for a thread (not yet running)."""
-        return max(0, self._pending - get_config()[self.threads_setting])
+        executor = self._executor
+        threads = executor._max_workers if executor is not None else get_config()[self.threads_setting]
+        return max(0, self._pending - threads)
 
     def admit(self) -> None:
         """Raise :class:`Overloaded` if the queue is at its limit (call before starting new work)."""
