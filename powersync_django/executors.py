@@ -13,8 +13,6 @@ flight, so they are bounded by the number of open streams.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -104,11 +102,10 @@ class Pool:
         if admit:
             self.admit()
         executor = self.executor()
-        context = contextvars.copy_context()
         with self._lock:
             self._pending += 1
         try:
-            future = executor.submit(context.run, functools.partial(_call, fn, args, kwargs))
+            future = executor.submit(_call, fn, args, kwargs)
         except BaseException:
             with self._lock:
                 self._pending -= 1
