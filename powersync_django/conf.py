@@ -66,6 +66,8 @@ DEFAULTS: dict[str, Any] = {
     # with Retry-After (running streams are never refused).
     "MAX_QUEUED_READS": 100,
     "MAX_QUEUED_WRITES": 50,
+    # Uploads in progress per process (each holds a thread and a database connection); beyond: 503.
+    "MAX_CONCURRENT_UPLOADS": 16,
     "RETRY_AFTER_SECONDS": 2,
     # Under daphne (runserver): most bytes of one HTTP stream buffered by the server before the stream
     # waits for the client to read (other servers apply their own flow control; see "Production server").

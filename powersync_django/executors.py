@@ -7,15 +7,17 @@ Each thread keeps its own Django connection.
 New work is admitted only while the pool's queue (jobs waiting for a thread) is below its limit
 (``MAX_QUEUED_READS`` / ``MAX_QUEUED_WRITES``); otherwise :class:`Overloaded` is raised, answered as 503
 with ``Retry-After``. Reads of streams already running are never refused: each stream has at most two in
-flight, so they are bounded by the number of open streams.
+flight, so they are bounded by the number of open streams. Uploads run on Django's thread for their
+request, capped at ``MAX_CONCURRENT_UPLOADS`` per process (:class:`Slots`), beyond which they get a 503 too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from django.db import connections
@@ -125,8 +127,35 @@ class Pool:
             executor.shutdown(wait=True)
 
 
+class Slots:
+    """A cap on concurrent jobs that run on threads of their own (uploads: Django runs a synchronous view on a
+    thread of its request), so that writes piling up behind a lock cannot take ever more threads and
+    database connections."""
+
+    def __init__(self, name: str, limit_setting: str) -> None:
+        self.name = name
+        self.limit_setting = limit_setting
+        self.active = 0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def take(self) -> Iterator[None]:
+        """Hold a slot for the block; raise :class:`Overloaded` if none is free."""
+        config = get_config()
+        with self._lock:
+            if self.active >= config[self.limit_setting]:
+                raise Overloaded(self.name, config["RETRY_AFTER_SECONDS"])
+            self.active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.active -= 1
+
+
 reads = Pool("reads", "READ_THREADS", "MAX_QUEUED_READS")
 writes = Pool("writes", "WRITE_THREADS", "MAX_QUEUED_WRITES")
+uploads = Slots("uploads", "MAX_CONCURRENT_UPLOADS")
 
 
 def shutdown() -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import orjson
 import pytest
+from asgiref.sync import ThreadSensitiveContext
 from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F
@@ -169,3 +171,55 @@ def test_new_streams_answer_503_when_the_read_queue_is_full(fresh_pools):
     assert response.status_code == 503
     assert response["Retry-After"] == str(get_config()["RETRY_AFTER_SECONDS"])
     assert orjson.loads(response.content)["error"]["code"] == "PSYNC_S2003"
+
+
+_upload_gate = threading.Event()
+_upload_entered = threading.Event()
+
+
+def gated_permission(*args, **kwargs) -> bool:
+    """An UPLOAD permission hook that holds its upload until the test opens the gate."""
+    _upload_entered.set()
+    assert _upload_gate.wait(30)
+    return True
+
+
+def test_uploads_beyond_the_concurrency_cap_answer_503(fresh_pools):
+    lst = TodoList.objects.create(name="list", owner_id="u1")
+    config = {**settings.POWERSYNC, "MAX_CONCURRENT_UPLOADS": 1, "RETRY_AFTER_SECONDS": 3,
+              "UPLOAD": {**settings.POWERSYNC.get("UPLOAD", {}),
+                         "PERMISSIONS": {"todos": "test_executors.gated_permission"}}}
+
+    def batch(description: str) -> bytes:
+        return orjson.dumps({"batch": [{"op": "PUT", "type": "todos", "id": str(uuid.uuid4()),
+                                        "data": {"list_id": str(lst.id), "description": description}}]})
+
+    async def post(description: str):
+        async with ThreadSensitiveContext():  # a thread per request for sync code, as Django's ASGIHandler does
+            return await AsyncClient().post("/api/upload", data=batch(description), content_type="application/json",
+                                            headers={"Authorization": f"Token {make_token('u1')}"})
+
+    async def scenario():
+        first = asyncio.ensure_future(post("first"))
+        # Until the first upload is inside its transaction, holding the slot.
+        await asyncio.wait([first, asyncio.ensure_future(asyncio.to_thread(_upload_entered.wait, 30))],
+                           return_when=asyncio.FIRST_COMPLETED)
+        assert not first.done(), first.result().content
+        refused = await post("second")
+        _upload_gate.set()
+        return await first, refused
+
+    _upload_gate.clear()
+    _upload_entered.clear()
+    with override_settings(POWERSYNC=config):
+        async def guarded():
+            async with asyncio.timeout(GUARD_SECONDS):
+                return await scenario()
+
+        first, refused = asyncio.run(guarded())
+    assert first.status_code == 200, first.content
+    assert refused.status_code == 503
+    assert refused["Retry-After"] == "3"
+    assert orjson.loads(refused.content)["error"]["code"] == "PSYNC_S2003"
+    assert list(Todo.objects.filter(list=lst).values_list("description", flat=True)) == ["first"]
+    assert executors.uploads.active == 0
