@@ -8,7 +8,8 @@ would make the server hold the whole sync in memory.
 :class:`FlowControlMiddleware` restores the bound under daphne with Twisted's producer/consumer API:
 the response registers a push producer on its Twisted request; Twisted pauses it when the transport's
 buffer fills and resumes it once the buffer has drained. After each body message, while paused with more
-than ``STREAM_WINDOW_BYTES`` buffered, the middleware's ``send()`` waits. The Twisted request is reached
+than ``STREAM_WINDOW_BYTES`` buffered (or paused at all, if the transport does not expose its buffer), the
+middleware's ``send()`` waits. The Twisted request is reached
 through daphne's ``send`` callable (``functools.partial(server.handle_reply, request)``); under any other
 server, or if that shape changes, the middleware passes everything through untouched.
 """
@@ -35,12 +36,17 @@ def daphne_request(send: Any) -> Any | None:
     return request
 
 
-def buffered_bytes(request: Any) -> int:
-    """Bytes written to the request's Twisted transport that the kernel has not accepted yet."""
+def buffered_bytes(request: Any) -> int | None:
+    """Bytes written to the request's Twisted transport that the kernel has not taken yet.
+
+    None when the transport does not expose its buffer (e.g. TLS terminated by daphne itself).
+    """
     transport = getattr(getattr(request, "channel", None), "transport", None)
     if transport is None:
         return 0
-    data = getattr(transport, "dataBuffer", b"")
+    data = getattr(transport, "dataBuffer", None)
+    if data is None:
+        return None
     return len(data) - getattr(transport, "offset", 0) + getattr(transport, "_tempDataLen", 0)
 
 
@@ -87,8 +93,12 @@ class DaphneWindow:
                 self.request.unregisterProducer()
 
     async def wait(self) -> None:
-        """Return once the buffer is below the window, or the connection is gone."""
-        while not self.closed and not self._resumed.is_set() and buffered_bytes(self.request) > self.limit:
+        """Return once the buffer is below the window (unknown size: once Twisted resumes the response),
+        or the connection is gone."""
+        while not self.closed and not self._resumed.is_set():
+            buffered = buffered_bytes(self.request)
+            if buffered is not None and buffered <= self.limit:
+                return
             await self._resumed.wait()
 
 
