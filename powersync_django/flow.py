@@ -9,9 +9,9 @@ would make the server hold the whole sync in memory.
 the response registers a push producer on its Twisted request; Twisted pauses it when the transport's
 buffer fills and resumes it once the buffer has drained. After each body message, while paused with more
 than ``STREAM_WINDOW_BYTES`` buffered (or paused at all, if the transport does not expose its buffer), the
-middleware's ``send()`` waits. The Twisted request is reached
-through daphne's ``send`` callable (``functools.partial(server.handle_reply, request)``); under any other
-server, or if that shape changes, the middleware passes everything through untouched.
+middleware's ``send()`` waits. The Twisted request is reached through daphne's ``send`` callable
+(``functools.partial(server.handle_reply, request)``); under any other server, or if that shape changes,
+the middleware passes everything through untouched.
 """
 
 from __future__ import annotations
@@ -64,14 +64,14 @@ class DaphneWindow:
         self._resumed = asyncio.Event()
         self._resumed.set()
 
-    # IPushProducer
-    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's interface)
+    # IPushProducer (Twisted's method names)
+    def pauseProducing(self) -> None:
         self._resumed.clear()
 
-    def resumeProducing(self) -> None:  # noqa: N802
+    def resumeProducing(self) -> None:
         self._resumed.set()
 
-    def stopProducing(self) -> None:  # noqa: N802
+    def stopProducing(self) -> None:
         self._close()
 
     def _close(self, result: Any = None) -> None:
