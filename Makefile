@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test install lint test-sqlite test-postgres e2e-deps bench
+.PHONY: demo test install lint test-sqlite test-postgres e2e-deps bench bench-servers
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,3 +42,9 @@ test: lint test-sqlite test-postgres
 
 bench: install
 	$(PY) bench/initial_sync.py
+
+# ASGI servers side by side: throughput and memory per stalled reader (needs the 'production' extra's
+# uvicorn, plus hypercorn and granian).
+bench-servers: install
+	$(VENV)/bin/pip install --quiet hypercorn granian
+	$(PY) bench/asgi_servers.py

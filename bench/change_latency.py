@@ -88,7 +88,8 @@ def main() -> None:
 
         users = [f"user{i}" for i in range(args.clients)]
         lists = {u: TodoList.objects.create(name="l", owner_id=u) for u in users}
-        with serve(url, f"{tmp}/server.log") as port:
+        with serve(url, f"{tmp}/server.log") as proc:
+            port = proc.port
             streams = {u: Stream(port, make_token(u)) for u in users}
             for s in streams.values():
                 s.start()

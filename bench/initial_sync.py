@@ -1,13 +1,13 @@
 """Benchmark: initial sync throughput of the streaming endpoint, and the official client's first sync.
 
 One command (``make bench`` or ``.venv/bin/python bench/initial_sync.py``). For each N it seeds N todos for
-one user in a fresh database, starts a daphne server, then measures (medians of several runs):
+one user in a fresh database, starts an ASGI server (``--server``, daphne by default), then measures (medians of several runs):
 
 - server-side streaming throughput, read with a plain HTTP client that only splits lines/documents:
   uncompressed NDJSON, and gzip-compressed BSON (what the official client negotiates);
 - time to a complete first sync with the official @powersync/node client (``--no-client`` skips it).
 
-Options: ``--sizes 10000,100000 --runs 5 --database-url postgres://...``.
+Options: ``--sizes 10000,100000 --runs 5 --database-url postgres://... --server uvicorn``.
 """
 
 from __future__ import annotations
@@ -72,15 +72,30 @@ def token(url: str) -> str:
     return out.strip().splitlines()[-1]
 
 
+SERVERS: dict[str, list[str]] = {
+    # {port} is filled in; one process each, the app's default event loop.
+    "daphne": ["-m", "daphne", "-b", "127.0.0.1", "-p", "{port}", "{app}"],
+    "uvicorn": ["-m", "uvicorn", "--host", "127.0.0.1", "--port", "{port}", "--lifespan", "off",
+                "--no-access-log", "--log-level", "warning", "{app}"],
+    "hypercorn": ["-m", "hypercorn", "-b", "127.0.0.1:{port}", "--log-level", "warning", "{app}"],
+    "granian": ["-m", "granian", "--interface", "asgi", "--host", "127.0.0.1", "--port", "{port}",
+                "--workers", "1", "--no-ws", "--log-level", "warning", "{app}"],
+}
+
+
 @contextlib.contextmanager
-def serve(url: str, log_path: str | None = None) -> Iterator[int]:
-    """Run daphne with the demo project on ``url``'s database; yield its port once it accepts connections."""
+def serve(url: str, log_path: str | None = None, server: str = "daphne",
+          app: str = "demo_project.asgi:application") -> Iterator[subprocess.Popen]:
+    """Run an ASGI server (see SERVERS) with the demo project on ``url``'s database.
+
+    Yields the process once its port accepts connections; its ``port`` attribute is the port.
+    """
     port = free_port()
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115  (closed below)
-    server = subprocess.Popen(
-        [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "demo_project.asgi:application"],
-        cwd=ROOT, env=env_for(url), stdout=subprocess.DEVNULL, stderr=log,
-    )
+    args = [a.format(port=port, app=app) for a in SERVERS[server]]
+    proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env_for(url), stdout=subprocess.DEVNULL,
+                            stderr=log)
+    proc.port = port  # type: ignore[attr-defined]
     try:
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -89,10 +104,14 @@ def serve(url: str, log_path: str | None = None) -> Iterator[int]:
                 break
             except OSError:
                 time.sleep(0.1)
-        yield port
+        yield proc
     finally:
-        server.terminate()
-        server.wait(10)
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
         if log_path:
             log.close()
 
@@ -162,14 +181,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--no-client", action="store_true")
+    parser.add_argument("--server", default="daphne", choices=sorted(SERVERS))
     args = parser.parse_args()
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, server: {args.server}")
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.sizes.split(",")):
             url = args.database_url or f"sqlite:///{tmp}/bench-{n}.sqlite3"
             setup_database(url, n)
             tok = token(url)
-            with serve(url) as port:
+            with serve(url, server=args.server) as proc:
+                port = proc.port
                 stream_once(port, tok, False)  # warm-up
                 for label, bson_gzip in (("NDJSON", False), ("BSON+gzip", True)):
                     results = [stream_once(port, tok, bson_gzip) for _ in range(args.runs)]

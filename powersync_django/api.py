@@ -23,10 +23,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
+from . import executors
 from . import upload as uploads
 from .auth import PSYNC_S2106, AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
-from .views import cors, server_error
+from .executors import Overloaded
+from .views import cors, protocol_error_response, server_error
 
 try:
     from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -255,8 +257,13 @@ _upload_view = UploadView.as_view()
 @cors("POST")
 @functools.wraps(_upload_view)
 async def upload(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
-    """``POST api/upload`` with CORS; the DRF view runs in a thread (DRF is synchronous)."""
-    return await sync_to_async(_upload_view)(request, *args, **kwargs)
+    """``POST api/upload`` with CORS; the DRF view runs in a thread (DRF is synchronous), at most
+    ``MAX_CONCURRENT_UPLOADS`` at a time per process (then 503 with ``Retry-After``)."""
+    try:
+        with executors.uploads.take():
+            return await sync_to_async(_upload_view)(request, *args, **kwargs)
+    except Overloaded as exc:
+        return protocol_error_response(exc)
 
 
 # --- OpenAPI ------------------------------------------------------------------------------------

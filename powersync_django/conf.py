@@ -72,6 +72,18 @@ DEFAULTS: dict[str, Any] = {
     "KEEPALIVE_SECONDS": 20,
     # Concurrent database reads of sync sessions (threads per process).
     "READ_THREADS": 4,
+    # Write transactions of write checkpoints, on their own threads so they never hold up stream reads.
+    "WRITE_THREADS": 2,
+    # Jobs allowed to wait for a read / write thread before new streams / write checkpoints get a 503
+    # with Retry-After (running streams are never refused).
+    "MAX_QUEUED_READS": 100,
+    "MAX_QUEUED_WRITES": 50,
+    # Uploads in progress per process (each holds a thread and a database connection); beyond: 503.
+    "MAX_CONCURRENT_UPLOADS": 16,
+    "RETRY_AFTER_SECONDS": 2,
+    # Under daphne (runserver): most bytes of one HTTP stream buffered by the server before the stream
+    # waits for the client to read (other servers apply their own flow control; see "Production server").
+    "STREAM_WINDOW_BYTES": 1024 * 1024,
     # CORS for browser clients: "*" or a list of allowed origins.
     "CORS_ALLOWED_ORIGINS": "*",
     # Gzip level of compressed sync streams (1 = fastest).

@@ -1,4 +1,4 @@
-"""Read side of bucket storage for sync streams, run on a small pool of database threads.
+"""Read side of bucket storage for sync streams, run on a small pool of database threads (executors.py).
 
 Each thread keeps its own Django connection. Reads are plain SQL on indexed columns: a checkpoint with the
 checksums of a set of buckets and the write checkpoint of a client, all from one snapshot (``read_snapshot``),
@@ -7,11 +7,7 @@ and a bucket's ops after a position, in pages.
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -19,68 +15,25 @@ from typing import Any, TypeVar
 import orjson
 from django.db import connections, transaction
 
-from . import checksums
-from .conf import get_config
+from . import checksums, executors
 from .db import write_transaction
 from .models import BucketOp, BucketState, Checkpoint, OutboxEntry, ReplicationState, WriteCheckpoint
 
 T = TypeVar("T")
 
-_executor: ThreadPoolExecutor | None = None
-_executor_lock = threading.Lock()
-
-
-def _get_executor() -> ThreadPoolExecutor:
-    global _executor
-    with _executor_lock:
-        if _executor is None:
-            _executor = ThreadPoolExecutor(max_workers=get_config()["READ_THREADS"], thread_name_prefix="powersync-db")
-        return _executor
-
-
-def _close_connections(barrier: threading.Barrier) -> None:
-    connections.close_all()
-    try:
-        barrier.wait(timeout=1.0)  # hold this thread so each thread runs one of these jobs
-    except threading.BrokenBarrierError:
-        pass
-
-
-def shutdown() -> None:
-    """Close the database connections of the storage threads and stop them (tests, shutdown hooks)."""
-    global _executor
-    with _executor_lock:
-        executor, _executor = _executor, None
-    if executor is not None:
-        workers = executor._max_workers
-        barrier = threading.Barrier(workers)
-        for _ in range(workers):
-            executor.submit(_close_connections, barrier)
-        executor.shutdown(wait=True)
-
-
-def drop_broken_connections() -> None:
-    """Close this thread's connections that saw an error and are no longer usable.
-
-    Long-lived threads (storage readers, the replicator) keep their connection: CONN_MAX_AGE is for
-    request/response cycles and would make them reconnect for every page.
-    """
-    for conn in connections.all(initialized_only=True):
-        if conn.errors_occurred:
-            if conn.connection is not None and not conn.is_usable():
-                conn.close()
-            conn.errors_occurred = False
-
-
-def _call(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
-    drop_broken_connections()
-    return fn(*args, **kwargs)
+# The thread pools live in executors.py; these names are kept for callers.
+drop_broken_connections = executors.drop_broken_connections
+shutdown = executors.shutdown
 
 
 async def run(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking database function on the storage threads."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_get_executor(), functools.partial(_call, fn, args, kwargs))
+    """Run a blocking database read on the read threads (never queued behind writes)."""
+    return await executors.reads.run(fn, *args, **kwargs)
+
+
+async def run_write(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a write transaction on the write threads; raises ``executors.Overloaded`` when they are saturated."""
+    return await executors.writes.run(fn, *args, admit=True, **kwargs)
 
 
 def _table(model: Any) -> str:

@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
-from . import storage, streams
+from . import executors, storage, streams
 from .auth import TokenClaims
 from .checksums import to_signed
 from .conf import get_config
@@ -67,7 +67,8 @@ class SyncSession:
     # --- setup ---------------------------------------------------------------------------------
 
     async def prepare(self) -> None:
-        """Resolve the bucket set. Raises ProtocolError (too many buckets) before the stream starts."""
+        """Resolve the bucket set. Raises ProtocolError (too many buckets, overloaded) before the stream starts."""
+        executors.reads.admit()
         self.hub = get_hub(self.using)
         try:
             async with asyncio.timeout(HUB_READY_SECONDS):

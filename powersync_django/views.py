@@ -15,6 +15,7 @@ from django.views.decorators.csrf import csrf_exempt
 from . import db, storage
 from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
+from .executors import Overloaded
 from .protocol import (
     BSON_STREAM,
     NDJSON,
@@ -55,6 +56,13 @@ def server_error(exc: BaseException, where: str) -> tuple[dict[str, Any], int, d
 def server_error_response(exc: BaseException, where: str) -> JsonResponse:
     body, status, headers = server_error(exc, where)
     return JsonResponse(body, status=status, headers=headers)
+
+def protocol_error_response(exc: ProtocolError) -> JsonResponse:
+    """The JSON error of ``exc``; with ``Retry-After`` when the server is overloaded."""
+    response = error_response(exc.as_json(), exc.status)
+    if isinstance(exc, Overloaded):
+        response["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _cors(request: HttpRequest, response: HttpResponse) -> HttpResponse:
@@ -124,7 +132,7 @@ async def sync_stream(request: HttpRequest) -> HttpResponse:
         session = SyncSession(claims, sync_request)
         await session.prepare()
     except ProtocolError as exc:
-        return error_response(exc.as_json(), exc.status)
+        return protocol_error_response(exc)
 
     bson = prefers_bson(request.headers.get("Accept", ""))
     encode = encode_bson if bson else encode_ndjson
@@ -177,5 +185,8 @@ async def write_checkpoint(request: HttpRequest) -> HttpResponse:
     client_id = request.GET.get("client_id") or None
     if client_id is not None and len(client_id) > 200:
         return error_response(ProtocolError("client_id is too long").as_json(), 400)
-    counter = await storage.run(storage.create_write_checkpoint, claims.user_id, client_id)
+    try:
+        counter = await storage.run_write(storage.create_write_checkpoint, claims.user_id, client_id)
+    except Overloaded as exc:
+        return protocol_error_response(exc)
     return JsonResponse({"data": {"write_checkpoint": str(counter)}})
