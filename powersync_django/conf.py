@@ -91,6 +91,12 @@ DEFAULTS: dict[str, Any] = {
         # `not_found` operation error).
         "PATCH_MISSING": "ignore",
     },
+    # <endpoint>/metrics (Prometheus). Allowed with `Authorization: Bearer <TOKEN>` when TOKEN is set, and
+    # from loopback addresses and settings.INTERNAL_IPS when ALLOW_INTERNAL_IPS (see README "Operations").
+    "METRICS": {
+        "TOKEN": None,
+        "ALLOW_INTERNAL_IPS": True,
+    },
 }
 
 REMOVED_OR_RENAMED: dict[str, str] = {
