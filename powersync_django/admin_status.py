@@ -33,7 +33,7 @@ def status_context(using: str) -> dict[str, Any]:
             pass
     return {
         "status": status,
-        "status_lines": format_status(status),
+        "status_rows": [(name, text.strip()) for name, text in (line.split(":", 1) for line in format_status(status))],
         "largest_buckets": largest_buckets(using),
         "candidates_total": candidates_total,
         "candidates": candidates,
