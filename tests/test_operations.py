@@ -8,16 +8,15 @@ import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import bson
 import orjson
 import pytest
+from asgi_stream import http_stream
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
-from django.core.handlers.asgi import ASGIHandler
 from django.db import OperationalError
 from django.test import AsyncClient, Client, override_settings
 from prometheus_client import REGISTRY
@@ -49,43 +48,6 @@ def metrics_settings(**changes: Any) -> override_settings:
 
 
 # --- streams over HTTP (Django's ASGI handler, the client disconnects) ----------------------------
-
-
-async def http_stream(body: bytes, until: bytes, during: Callable[[], Any], user: str = "u1") -> bytes:
-    """POST /sync/stream through Django's ASGI handler, read until ``until``, call ``during()``, disconnect.
-
-    Returns the body bytes received.
-    """
-    inbox: asyncio.Queue = asyncio.Queue()
-    await inbox.put({"type": "http.request", "body": body, "more_body": False})
-    received: list[bytes] = []
-    seen = asyncio.Event()
-
-    async def receive() -> dict:
-        return await inbox.get()
-
-    async def send(message: dict) -> None:
-        if message["type"] == "http.response.start":
-            assert message["status"] == 200, message
-        elif message["type"] == "http.response.body":
-            received.append(message.get("body", b""))
-            if until in b"".join(received):
-                seen.set()
-
-    scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
-        "scheme": "http", "path": "/sync/stream", "raw_path": b"/sync/stream", "query_string": b"",
-        "root_path": "", "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
-        "headers": [(b"content-type", b"application/json"), (b"authorization", f"Token {make_token(user)}".encode()),
-                    (b"content-length", str(len(body)).encode())],
-    }
-    task = asyncio.create_task(ASGIHandler()(scope, receive, send))
-    async with asyncio.timeout(10):
-        await seen.wait()
-        during()
-        await inbox.put({"type": "http.disconnect"})
-        await task
-    return b"".join(received)
 
 
 def test_http_stream_metrics_and_log_line(caplog: pytest.LogCaptureFixture) -> None:
