@@ -341,10 +341,11 @@ def test_health_live_and_ready() -> None:
 
     async def run():
         client = AsyncClient()
-        return await client.get("/health/live"), await client.get("/health/ready")
+        return await client.get("/health/live"), await client.get("/health/ready"), await client.head("/health/ready")
 
-    live, ready = asyncio.run(run())
-    assert live.status_code == 200 and live.json()["status"] == "ok"
+    live, ready, head = asyncio.run(run())
+    assert live.status_code == 200 and live.json() == {"status": "ok", "pid": os.getpid()}
+    assert head.status_code == 200  # load balancers may probe with HEAD
     assert ready.status_code == 200
     assert ready.json() == {"status": "ok", "checkpoint": Checkpoint.objects.latest("id").id}
 
