@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 from typing import Any
 
 from django.core.exceptions import PermissionDenied
@@ -16,7 +17,7 @@ from django.http import HttpRequest
 from django.template.response import TemplateResponse
 from django.urls import NoReverseMatch, reverse
 
-from . import metrics
+from . import heartbeat, metrics
 from .status import compaction_candidates, dead_letter_count, format_status, get_status, largest_buckets
 
 
@@ -41,7 +42,13 @@ def status_context(using: str) -> dict[str, Any]:
         "dead_letters_url": dead_letters_url,
         "this_process": {"host": socket.gethostname(), "pid": os.getpid(), "streams": metrics.open_streams()},
         "processes": metrics.streams_by_process(),
+        "heartbeats": _with_age(heartbeat.processes()),
     }
+
+
+def _with_age(beats: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    now = time.time()
+    return None if beats is None else [{**b, "age": max(0.0, now - b["at"])} for b in beats]
 
 
 class StatusPageMixin:

@@ -97,6 +97,12 @@ DEFAULTS: dict[str, Any] = {
         "TOKEN": None,
         "ALLOW_INTERNAL_IPS": True,
     },
+    # Per-process heartbeats for the admin status page: CACHE names a cache all server processes share
+    # (None: off); each process with sync streams writes its stream counts there every SECONDS.
+    "HEARTBEAT": {
+        "CACHE": None,
+        "SECONDS": 15,
+    },
 }
 
 REMOVED_OR_RENAMED: dict[str, str] = {

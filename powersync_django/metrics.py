@@ -20,6 +20,8 @@ from typing import Any
 
 from django.db import DEFAULT_DB_ALIAS
 
+from . import heartbeat
+
 logger = logging.getLogger(__name__)
 
 try:
@@ -62,6 +64,7 @@ if AVAILABLE:
 
 def stream_opened(transport: str) -> None:
     _open_streams[transport] += 1
+    heartbeat.ensure_started()
     if AVAILABLE:
         STREAMS_OPEN.labels(transport).inc()
         STREAMS_STARTED.labels(transport).inc()

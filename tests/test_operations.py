@@ -6,8 +6,10 @@ import asyncio
 import copy
 import logging
 import os
+import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,7 @@ import pytest
 from asgi_stream import http_stream
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
+from django.core.cache import cache
 from django.db import OperationalError
 from django.test import AsyncClient, Client, override_settings
 from prometheus_client import REGISTRY
@@ -25,7 +28,7 @@ from test_consumers import Client as RSocketClient
 from test_sync import claims, seed
 
 from demo_project.todos.models import Todo, TodoList
-from powersync_django import metrics, monitoring, storage, tracking
+from powersync_django import heartbeat, metrics, monitoring, storage, tracking
 from powersync_django.auth import make_token
 from powersync_django.compaction import compact
 from powersync_django.models import BucketOp, Checkpoint, OutboxEntry
@@ -405,3 +408,56 @@ def test_status_page_is_forbidden_for_others() -> None:
     user = User.objects.get(pk=user.pk)
     client.force_login(user)
     assert client.get(STATUS_URL).status_code == 200
+
+
+# --- heartbeats --------------------------------------------------------------------------------------
+
+
+def heartbeat_settings(**changes: Any) -> override_settings:
+    config = copy.deepcopy(settings.POWERSYNC)
+    config["HEARTBEAT"] = {**config.get("HEARTBEAT", {}), **changes}
+    return override_settings(POWERSYNC=config)
+
+
+async def until(predicate: Callable[[], bool], seconds: float = 5) -> None:
+    async with asyncio.timeout(seconds):
+        while not predicate():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def test_heartbeats_list_every_process_with_its_streams() -> None:
+    cache.clear()
+
+    def mine() -> dict | None:
+        return next((b for b in heartbeat.processes() or [] if b["pid"] == os.getpid()), None)
+
+    async def run() -> tuple[dict, dict]:
+        tracker = tracking.StreamTracker(SyncSession(claims("u1"), SyncRequest()), "http")
+        await until(lambda: (mine() or {}).get("streams") == {"http": 1})
+        streaming = mine()
+        tracker.close()
+        await until(lambda: (mine() or {}).get("streams") == {})
+        return streaming, mine()
+
+    with heartbeat_settings(CACHE="default", SECONDS=0.01):
+        streaming, idle = asyncio.run(run())
+    assert streaming["host"] == socket.gethostname()
+    assert idle["at"] >= streaming["at"]
+    with heartbeat_settings(CACHE="default", SECONDS=60):
+        heartbeat.beat()  # a beat that outlives the page's rendering
+        admin = User.objects.create_superuser("root", "root@example.com", "pw")
+        client = Client()
+        client.force_login(admin)
+        html = client.get(STATUS_URL).content.decode()
+    assert "Heartbeats of all processes" in html and f"<td>{os.getpid()}</td>" in html
+
+
+def test_heartbeats_are_off_by_default() -> None:
+    async def run() -> bool:
+        tracker = tracking.StreamTracker(SyncSession(claims("u1"), SyncRequest()), "http")
+        started = asyncio.get_running_loop() in heartbeat._tasks
+        tracker.close()
+        return started
+
+    assert asyncio.run(run()) is False
+    assert heartbeat.processes() is None
