@@ -11,6 +11,7 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
+from .admin_status import StatusPageMixin
 from .models import (
     BucketOp,
     BucketState,
@@ -40,7 +41,7 @@ class ReadOnlyAdmin(admin.ModelAdmin):
 
 
 @admin.register(ReplicationState)
-class ReplicationStateAdmin(ReadOnlyAdmin):
+class ReplicationStateAdmin(StatusPageMixin, ReadOnlyAdmin):  # the list is the PowerSync status page
     list_display = ["id", "last_op_id", "outbox_position", "rules_version", "lease_owner", "lease_expires"]
 
 

@@ -23,7 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
-from . import executors
+from . import executors, metrics
 from . import upload as uploads
 from .auth import PSYNC_S2106, AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
@@ -202,6 +202,7 @@ class UploadView(APIView):
         raw = read_body(request._request, get_config()["UPLOAD"]["MAX_BYTES"])
         operations = uploads.parse_batch(raw)
         applied = uploads.apply_batch(request.user, operations, {"request": request, "view": self})
+        metrics.upload_batch(200, applied)
         return Response({"data": {"applied": applied}})
 
     def handle_exception(self, exc: Exception) -> Response:
@@ -211,6 +212,7 @@ class UploadView(APIView):
             body, status, headers = server_error(exc, "upload")
             set_rollback()
             response = Response(body, status=status, headers=headers)
+        metrics.upload_batch(response.status_code)
         if response.status_code == 401:
             response["WWW-Authenticate"] = self.get_authenticate_header(self.request) or "Token"
         response.exception = True

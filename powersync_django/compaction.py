@@ -35,7 +35,7 @@ from django.db import connections
 from django.db.models import BigIntegerField, ExpressionWrapper, F, FloatField, QuerySet, Value
 from django.db.models.functions import Greatest
 
-from . import checksums
+from . import checksums, metrics
 from .db import write_transaction
 from .models import BucketOp, BucketState, ReplicationState
 
@@ -113,6 +113,7 @@ def compact(
     except _StorageRebuilt:
         run.result.rebuilt = True
     run.result.seconds = time.monotonic() - run.started
+    metrics.compaction_run(run.result.ops_removed)
     return run.result
 
 

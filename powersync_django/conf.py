@@ -107,6 +107,18 @@ DEFAULTS: dict[str, Any] = {
         # `not_found` operation error).
         "PATCH_MISSING": "ignore",
     },
+    # <endpoint>/metrics (Prometheus). Allowed with `Authorization: Bearer <TOKEN>` when TOKEN is set, and
+    # from loopback addresses and settings.INTERNAL_IPS when ALLOW_INTERNAL_IPS (see README "Operations").
+    "METRICS": {
+        "TOKEN": None,
+        "ALLOW_INTERNAL_IPS": True,
+    },
+    # Per-process heartbeats for the admin status page: CACHE names a cache all server processes share
+    # (None: off); each process with sync streams writes its stream counts there every SECONDS.
+    "HEARTBEAT": {
+        "CACHE": None,
+        "SECONDS": 15,
+    },
 }
 
 REMOVED_OR_RENAMED: dict[str, str] = {

@@ -22,6 +22,7 @@ import orjson
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
+from . import metrics
 from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
 from .protocol import ProtocolError, SyncRequest, encode_bson, parse_json_request, parse_request
@@ -51,6 +52,7 @@ from .rsocket import (
     payload_next,
 )
 from .sync import SyncSession, aclose_quietly
+from .tracking import StreamTracker
 
 __all__ = ["BSON_MIME", "JSON_MIME", "SYNC_PATH", "SyncConsumer"]
 
@@ -71,6 +73,7 @@ _REQUEST_TYPES = frozenset({FrameType.REQUEST_RESPONSE, FrameType.REQUEST_FNF, F
 
 def error_text(code: str, description: str, details: str = "") -> str:
     """An RSocket error message as the service writes it: ``[code] description`` (+ an indented detail line)."""
+    metrics.websocket_error(code)  # every ERROR frame's text is made here
     return f"[{code}] {description}" + (f"\n  {details}" if details else "")
 
 
@@ -359,7 +362,7 @@ class SyncConsumer(AsyncWebsocketConsumer):
     async def _serve_stream(self, stream: _Stream, frame: RequestStream) -> None:
         """Run one sync session on a stream: PAYLOAD(N) per line within credit, PAYLOAD(C) at the end."""
         sid = stream.stream_id
-        lines = None
+        lines = tracker = None
         try:
             assert self.claims is not None
             try:
@@ -375,7 +378,8 @@ class SyncConsumer(AsyncWebsocketConsumer):
             logger.debug(
                 "powersync: WebSocket sync stream %s for %s (%s)", sid, self.claims.user_id, self.user_agent
             )
-            lines = session.lines()
+            tracker = StreamTracker(session, metrics.WEBSOCKET)
+            lines = tracker.lines(session.lines())
             while not self.closed:
                 await stream.wait()  # before advancing the generator: nothing is produced without credit
                 try:
@@ -384,7 +388,9 @@ class SyncConsumer(AsyncWebsocketConsumer):
                     await self.send_frame(payload_complete(sid))
                     break
                 stream.credit -= 1
-                await self.send_frame(payload_next(sid, encode_bson(line)))
+                payload = encode_bson(line)
+                await self.send_frame(payload_next(sid, payload))
+                tracker.sent(len(payload))
         except asyncio.CancelledError:
             raise
         except Exception:
@@ -395,6 +401,8 @@ class SyncConsumer(AsyncWebsocketConsumer):
         finally:
             if lines is not None:
                 await aclose_quietly(lines)
+            if tracker is not None:
+                tracker.close()
             if self._streams.get(sid) is stream:
                 del self._streams[sid]
 

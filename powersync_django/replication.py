@@ -26,7 +26,7 @@ from typing import Any
 import orjson
 from django.db import connections, models, transaction
 
-from . import checksums, notify
+from . import checksums, metrics, notify
 from .capture import OUTBOX_CHANNEL
 from .conf import get_config
 from .db import write_transaction
@@ -186,6 +186,7 @@ class Replicator:
             new = rules.row_buckets(entry.model, row, state.rules_version)
             memberships[key] = batch.apply_row(memberships.get(key, []), new)
         self._write_ops(batch)
+        transaction.on_commit(lambda: metrics.replicated(len(entries), len(batch.ops)), using=db)
         self._write_memberships({k: memberships[k] for k in sources if k in memberships})
         self._apply_markers(markers)
         OutboxEntry.objects.using(db).filter(id__in=[e.id for e in entries]).delete()

@@ -70,6 +70,34 @@ def get_status(using: str = DEFAULT_DB_ALIAS) -> Status:
     )
 
 
+@dataclass(frozen=True)
+class Lag:
+    """What a metrics scrape reads: replication lag and positions (no count of buckets or rows)."""
+
+    pending_entries: int
+    oldest_pending_age: float | None
+    last_checkpoint_id: int
+    last_checkpoint_age: float | None
+    last_op_id: int
+    outbox_position: int
+
+
+def get_lag(using: str = DEFAULT_DB_ALIAS) -> Lag:
+    """Replication lag and positions: the outbox count, the newest checkpoint and the replication state."""
+    now = timezone.now()
+    outbox = OutboxEntry.objects.using(using).aggregate(n=models.Count("id"), oldest=models.Min("created_at"))
+    checkpoint = Checkpoint.objects.using(using).order_by("-id").values("id", "created_at").first()
+    state = ReplicationState.objects.using(using).filter(pk=1).values("last_op_id", "outbox_position").first()
+    return Lag(
+        pending_entries=outbox["n"],
+        oldest_pending_age=(now - outbox["oldest"]).total_seconds() if outbox["oldest"] else None,
+        last_checkpoint_id=checkpoint["id"] if checkpoint else 0,
+        last_checkpoint_age=(now - checkpoint["created_at"]).total_seconds() if checkpoint else None,
+        last_op_id=state["last_op_id"] if state else 0,
+        outbox_position=state["outbox_position"] if state else 0,
+    )
+
+
 def _rules_hash() -> str | None:
     try:
         return get_rules().hash
@@ -108,3 +136,43 @@ def format_status(s: Status) -> list[str]:
         f"Active replicator:     {s.lease_owner or 'none'}"
         + (f" (lease expires in {s.lease_expires_in} s)" if s.lease_expires_in is not None else ""),
     ]
+
+
+# --- the admin status page -----------------------------------------------------------------------------
+
+
+def largest_buckets(using: str = DEFAULT_DB_ALIAS, limit: int = 10) -> list[dict[str, Any]]:
+    """The buckets storing the most ops."""
+    return list(
+        BucketState.objects.using(using)
+        .order_by("-stored_ops", "bucket")
+        .values("bucket", "stored_ops", "count", "ops_since_compaction", "last_op_id")[:limit]
+    )
+
+
+def compaction_candidates(
+    using: str = DEFAULT_DB_ALIAS, min_share: float | None = None, limit: int = 10
+) -> tuple[int, list[dict[str, Any]]]:
+    """Buckets whose ops written since their last compaction reach ``min_share`` of their stored ops (what
+    ``powersync_compact`` would select): how many, and those with the most such ops, with their share."""
+    from .compaction import DEFAULT_MIN_SHARE, _selection
+
+    selection = _selection(using, DEFAULT_MIN_SHARE if min_share is None else min_share)
+    rows = list(
+        selection.order_by("-ops_since_compaction", "bucket")
+        .values("bucket", "stored_ops", "ops_since_compaction")[:limit]
+    )
+    for row in rows:
+        row["share"] = row["ops_since_compaction"] / row["stored_ops"] if row["stored_ops"] else 0.0
+    return selection.count(), rows
+
+
+def dead_letter_count(using: str = DEFAULT_DB_ALIAS) -> int | None:
+    """Entries of the dead-letter model, when this version of powersync_django has one (else None)."""
+    from django.apps import apps
+
+    try:
+        model = apps.get_model("powersync_django", "DeadLetter")
+    except LookupError:
+        return None
+    return model._default_manager.using(using).count()

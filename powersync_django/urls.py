@@ -2,11 +2,12 @@
 
 ``api/upload`` is the upload endpoint for your connector's ``uploadData``; the client never derives its URL,
 so you may also mount ``powersync_django.api.upload`` at any other path of your own.
+``metrics``, ``health/live`` and ``health/ready`` are for operators and load balancers (README "Operations").
 """
 
 from django.urls import path
 
-from . import api, tokens, views
+from . import api, health, monitoring, tokens, views
 
 app_name = "powersync"
 
@@ -15,4 +16,7 @@ urlpatterns = [
     path("write-checkpoint2.json", views.write_checkpoint, name="write-checkpoint"),
     path("api/upload", api.upload, name="upload"),
     path("api/token", tokens.token, name="token"),
+    path("metrics", monitoring.metrics_view, name="metrics"),
+    path("health/live", health.live, name="health-live"),
+    path("health/ready", health.ready, name="health-ready"),
 ]

@@ -12,7 +12,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import db, storage
+from . import db, metrics, storage
 from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
 from .executors import Overloaded
@@ -27,6 +27,7 @@ from .protocol import (
     prefers_bson,
 )
 from .sync import SyncSession, aclose_quietly
+from .tracking import StreamTracker
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ def cors(methods: str) -> Callable:
                 response = await view(request, *args, **kwargs)
             except Exception as exc:
                 response = server_error_response(exc, f"{request.method} {request.path}")
+            metrics.http_response(request, response)
             return _cors(request, response)
 
         return csrf_exempt(wrapped)
@@ -156,13 +158,15 @@ async def sync_stream(request: HttpRequest) -> HttpResponse:
 
 async def _stream(session: SyncSession, encode: Callable[[dict], bytes], gzip: bool) -> AsyncIterator[bytes]:
     compressor = zlib.compressobj(get_config()["GZIP_LEVEL"], zlib.DEFLATED, 31) if gzip else None
-    lines = session.lines()
+    tracker = StreamTracker(session, metrics.HTTP)
+    lines = tracker.lines(session.lines())
     try:
         async for line in lines:
             chunk = encode(line)
             if compressor is not None:
                 # A sync flush per line: compressed, yet no line waits for the next one.
                 chunk = compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+            tracker.sent(len(chunk))
             yield chunk
         if compressor is not None:
             yield compressor.flush(zlib.Z_FINISH)
@@ -173,6 +177,7 @@ async def _stream(session: SyncSession, encode: Callable[[dict], bytes], gzip: b
         logger.exception("powersync: sync stream failed")
     finally:
         await aclose_quietly(lines)
+        tracker.close()
 
 
 @cors("GET")

@@ -94,7 +94,7 @@ def seed_bucket() -> str:
     Todo.objects.create(list=lst, description="a todo", created_by="u1")
     replicate_now()
     storage.create_write_checkpoint("u1", "phone")  # the row the lock is taken on
-    return f"list_todos[\"{lst.id}\"]"
+    return f"todos_by_list[\"{lst.id}\"]"
 
 
 def submit_blocked_writes(n: int) -> list[asyncio.Future]:

@@ -17,4 +17,5 @@ def test_wheel_contains_only_the_app(tmp_path):
     assert top == {"powersync_django", wheel.name.split("-")[0] + "-" + wheel.name.split("-")[1] + ".dist-info"}
     assert "powersync_django/py.typed" in names
     assert "powersync_django/migrations/0001_initial.py" in names
+    assert "powersync_django/templates/admin/powersync_django/status.html" in names  # the admin status page
     assert any(n.startswith("powersync_django/management/commands/powersync_replicate") for n in names)

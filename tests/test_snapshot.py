@@ -53,7 +53,7 @@ def using(tmp_path):
 
 
 def todos_bucket(lst: TodoList) -> str:
-    return f'1#list_todos["{lst.id}"]'
+    return f'1#todos_by_list["{lst.id}"]'
 
 
 def state_at(bucket: str, last_op_id: int, using: str) -> tuple[int, int]:
@@ -271,17 +271,17 @@ def _missed_checkpoints(monkeypatch, prune: bool) -> tuple[list[TodoList], list[
 def test_checkpoints_pruned_before_the_hub_read_them_resync_streams(monkeypatch):
     lists, lines, client = _missed_checkpoints(monkeypatch, prune=True)
     diff = lines[0]["checkpoint_diff"]
-    assert sorted(u["bucket"] for u in diff["updated_buckets"] if "list_todos" in u["bucket"]) == sorted(
+    assert sorted(u["bucket"] for u in diff["updated_buckets"] if "todos_by_list" in u["bucket"]) == sorted(
         todos_bucket(lst) for lst in lists)
     assert client.mismatches == [] and client.completed == 2
-    assert {b for b in client.received if "list_todos" in b} == {todos_bucket(lst) for lst in lists}
+    assert {b for b in client.received if "todos_by_list" in b} == {todos_bucket(lst) for lst in lists}
 
 
 def test_events_dropped_from_the_hub_resync_streams(monkeypatch):
     monkeypatch.setattr(notify, "RECENT_EVENTS", 2)
     lists, lines, client = _missed_checkpoints(monkeypatch, prune=False)
     diff = lines[0]["checkpoint_diff"]
-    assert sorted(u["bucket"] for u in diff["updated_buckets"] if "list_todos" in u["bucket"]) == sorted(
+    assert sorted(u["bucket"] for u in diff["updated_buckets"] if "todos_by_list" in u["bucket"]) == sorted(
         todos_bucket(lst) for lst in lists)
     assert client.mismatches == [] and client.completed == 2
 
