@@ -8,6 +8,6 @@ class PowerSyncConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from . import capture, checks  # noqa: F401  (registers signal receivers and system checks)
+        from . import capture, checks, security_checks  # noqa: F401  (signal receivers and system checks)
 
         capture.connect_signals()

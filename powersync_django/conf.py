@@ -20,7 +20,7 @@ DEFAULTS: dict[str, Any] = {
     # Bucket definitions, see the README ("Bucket definitions").
     "BUCKETS": {},
     "JWT": {
-        # HS256 shared secret (str). Used for verification and by `powersync_token`.
+        # HS256 shared secret (str, at least 32 bytes: check W014). Used for verification and by `powersync_token`.
         "SECRET": None,
         # PEM public keys for RS256/ES256 tokens: a list of PEM strings or {kid: PEM}.
         "PUBLIC_KEYS": None,
@@ -29,8 +29,12 @@ DEFAULTS: dict[str, Any] = {
         "JWKS_CACHE_SECONDS": 300,
         # Accepted algorithms. `none` is never accepted.
         "ALGORITHMS": ["HS256", "RS256", "ES256"],
-        # Expected audience (str or list of str). None: the `aud` claim is not checked.
+        # Expected audience (str or list of str). Required for tokens verified by PUBLIC_KEYS/JWKS_URL (a key set
+        # shared with other applications would otherwise accept their tokens; check E013). With SECRET only,
+        # None means the `aud` claim is not checked.
         "AUDIENCE": None,
+        # False: accept public-key tokens without an AUDIENCE (only for a key set no other application uses).
+        "VERIFY_AUDIENCE": True,
         "ISSUER": None,
         # Clock tolerance for exp/iat/nbf, in seconds.
         "LEEWAY": 60,
@@ -38,7 +42,8 @@ DEFAULTS: dict[str, Any] = {
         "MAX_LIFETIME": 86400,
         # Lifetime of tokens made by `manage.py powersync_token`.
         "DEFAULT_TTL": 3600,
-        # `kid` header written by `powersync_token`, if any.
+        # `kid` of SECRET: written by `powersync_token`; when set, HS256 tokens naming another kid are rejected.
+        # (A token naming a kid is only verified by the key configured under that kid.)
         "KID": None,
     },
     # How datetimes are written into row data: "space" (reference service: `2026-11-26 05:44:47.992823Z`)

@@ -1,0 +1,89 @@
+"""System checks of the edge: token verification defaults and the tables clients may write.
+
+- ``powersync_django.E013``: public-key verification (``PUBLIC_KEYS``/``JWKS_URL``) without an ``AUDIENCE``.
+- ``powersync_django.W014``: an HS256 ``SECRET`` shorter than 32 bytes.
+- ``powersync_django.E015``: an ``UPLOAD['PERMISSIONS']``/``['PREPARE']`` key that names no client table.
+- ``powersync_django.W016``: a client-writable table whose model has an integer auto primary key.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core import checks
+from django.core.exceptions import ImproperlyConfigured
+from django.db import models
+
+from .auth import audience_required
+from .conf import get_config
+
+MIN_SECRET_BYTES = 32
+
+
+@checks.register("powersync")
+def check_edge(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    try:
+        config = get_config()
+    except ImproperlyConfigured:
+        return []  # reported as E000 by checks.check_settings
+    return [*_token_checks(config["JWT"]), *_upload_checks(config)]
+
+
+def _token_checks(jwt: dict[str, Any]) -> list[checks.CheckMessage]:
+    messages: list[checks.CheckMessage] = []
+    if (jwt["PUBLIC_KEYS"] or jwt["JWKS_URL"]) and not jwt["AUDIENCE"] and audience_required(jwt):
+        messages.append(checks.Error(
+            "POWERSYNC['JWT'] verifies tokens with PUBLIC_KEYS/JWKS_URL but sets no AUDIENCE: tokens that the same "
+            "keys sign for other applications would be accepted (and such tokens are rejected until it is set).",
+            hint="Set POWERSYNC['JWT']['AUDIENCE'] to the `aud` your identity provider puts in PowerSync tokens, "
+                 "or set 'VERIFY_AUDIENCE': False if no other application's tokens are signed with these keys.",
+            id="powersync_django.E013"))
+    secret = jwt["SECRET"]
+    if secret:
+        size = len(secret.encode() if isinstance(secret, str) else bytes(secret))
+        if size < MIN_SECRET_BYTES:
+            messages.append(checks.Warning(
+                f"POWERSYNC['JWT']['SECRET'] is {size} bytes long; HS256 secrets shorter than "
+                f"{MIN_SECRET_BYTES} bytes can be brute-forced from one token.",
+                hint="Use a random secret of at least 32 bytes, e.g. `python -c \"import secrets; "
+                     "print(secrets.token_urlsafe(32))\"`.",
+                id="powersync_django.W014"))
+    return messages
+
+
+def _upload_checks(config: dict[str, Any]) -> list[checks.CheckMessage]:
+    from . import rules, upload
+
+    if rules.parse(config)[0] is None:
+        return []  # invalid definitions are reported by checks.check_settings
+    try:
+        tables = upload.get_tables()
+    except ImproperlyConfigured:
+        return []  # reported as E012
+    messages: list[checks.CheckMessage] = []
+    known = ", ".join(sorted(tables)) or "(none)"
+    for setting, wildcard in (("PERMISSIONS", True), ("PREPARE", False)):
+        for key in config["UPLOAD"][setting] or {}:
+            if key in tables or (wildcard and key == "*"):
+                continue
+            messages.append(checks.Error(
+                f"POWERSYNC['UPLOAD']['{setting}'] has an entry for {key!r}, which is no client table: "
+                "it would never be used.",
+                hint=f"Client tables: {known}." + (" '*' applies to every other table." if wildcard else
+                                                   " PREPARE has no '*' entry."),
+                id="powersync_django.E015"))
+    for table in tables.values():
+        if table.permission is upload.deny:
+            continue
+        pk = table.model._meta.pk
+        target = pk.target_field if pk.is_relation else pk
+        if isinstance(target, models.AutoField | models.BigAutoField | models.SmallAutoField):
+            messages.append(checks.Warning(
+                f"Client table {table.table!r} ({table.model._meta.label}) accepts uploads but its primary key is "
+                f"an integer {type(target).__name__}: clients create rows offline with ids they choose, so two "
+                "clients pick the same id, and client ids mix with the database sequence.",
+                hint="Use a UUIDField(primary_key=True, default=uuid.uuid4) (or a text key) for tables clients "
+                     "write. Uploads of explicit integer ids advance the sequence, so server inserts do not "
+                     "collide with them.",
+                id="powersync_django.W016"))
+    return messages
