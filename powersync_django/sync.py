@@ -17,6 +17,9 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DataError
+
 from . import storage
 from .auth import TokenClaims
 from .checksums import to_signed
@@ -26,6 +29,9 @@ from .protocol import ProtocolError, SyncRequest
 from .rules import Rules, get_rules
 
 logger = logging.getLogger(__name__)
+
+# Errors of parameter querysets that come from request values, not from the server.
+PARAMETER_ERRORS = (DjangoValidationError, ValueError, TypeError, OverflowError, DataError)
 
 TOO_MANY_BUCKETS = "PSYNC_S2305"
 EXPIRY_WARNING_SECONDS = 20
@@ -71,9 +77,16 @@ class SyncSession:
         self.entitled = await self._resolve_buckets()
 
     async def _resolve_buckets(self) -> dict[str, tuple[str, int]]:
-        buckets = await storage.run(
-            self.rules.request_buckets, self.claims.claims, self.request.parameters, self.version
-        )
+        try:
+            buckets = await storage.run(
+                self.rules.request_buckets, self.claims.claims, self.request.parameters, self.version
+            )
+        except PARAMETER_ERRORS as exc:
+            # A token or client value that the filtered field cannot hold (a non-UUID for a UUID field, a
+            # username for an integer key, a NUL byte on PostgreSQL, an integer out of range): the request is bad.
+            logger.info("powersync: bucket parameters of %r do not fit: %r", self.claims.user_id, exc)
+            raise ProtocolError("Token or client parameters do not fit the bucket definitions",
+                                details=f"{type(exc).__name__}") from None
         limit = self.config["MAX_BUCKETS_PER_CONNECTION"]
         if len(buckets) > limit:
             top = Counter(d for d, _ in buckets.values()).most_common(3)

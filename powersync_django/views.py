@@ -19,6 +19,7 @@ from .protocol import (
     BSON_STREAM,
     NDJSON,
     ProtocolError,
+    check_client_id,
     encode_bson,
     encode_ndjson,
     nest_row_data,
@@ -71,6 +72,12 @@ def cors(methods: str) -> Callable:
     return decorator
 
 
+def declared_length(request: HttpRequest) -> int:
+    """The ``Content-Length`` header as a number; 0 when missing, malformed or negative (the read is bounded)."""
+    value = request.headers.get("Content-Length") or ""
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else 0
+
+
 async def authenticate(request: HttpRequest) -> TokenClaims:
     token = parse_authorization_header(request.headers.get("Authorization"))
     if get_config()["JWT"]["JWKS_URL"]:
@@ -87,9 +94,10 @@ async def sync_stream(request: HttpRequest) -> HttpResponse:
         return error_response(exc.as_json(), exc.status)
     try:
         limit = get_config()["MAX_REQUEST_BYTES"]
-        if int(request.headers.get("Content-Length") or 0) > limit:
+        if declared_length(request) > limit:
             raise ProtocolError("Request body too large", status=413)
-        body = request.body
+        # Read from the stream: ``request.body`` int()s the raw Content-Length header (a 500 when malformed).
+        body = request.read(limit + 1)
         if len(body) > limit:
             raise ProtocolError("Request body too large", status=413)
         sync_request = parse_json_request(body)
@@ -146,8 +154,9 @@ async def write_checkpoint(request: HttpRequest) -> HttpResponse:
         claims = await authenticate(request)
     except AuthError as exc:
         return error_response(exc.as_json(), exc.status)
-    client_id = request.GET.get("client_id") or None
-    if client_id is not None and len(client_id) > 200:
-        return error_response(ProtocolError("client_id is too long").as_json(), 400)
+    try:
+        client_id = check_client_id(request.GET.get("client_id"))
+    except ProtocolError as exc:
+        return error_response(exc.as_json(), exc.status)
     counter = await storage.run(storage.create_write_checkpoint, claims.user_id, client_id)
     return JsonResponse({"data": {"write_checkpoint": str(counter)}})
