@@ -26,6 +26,7 @@ from rest_framework.views import APIView
 from . import upload as uploads
 from .auth import PSYNC_S2106, AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
+from .users import TokenUser, resolve_user  # noqa: F401  (TokenUser: re-exported, was defined here)
 from .views import cors
 
 try:
@@ -47,31 +48,6 @@ except ImportError:  # drf-spectacular is optional (extra "openapi")
 SECURITY_SCHEME = "PowerSyncToken"
 
 
-class TokenUser:
-    """The user of a request authenticated by a PowerSync JWT: ``user_id`` is the token's ``sub``."""
-
-    is_authenticated = True
-    is_anonymous = False
-    is_active = True
-
-    def __init__(self, token: TokenClaims) -> None:
-        self.token = token
-        self.user_id = token.user_id
-        self.claims = token.claims
-
-    @property
-    def pk(self) -> str:
-        return self.user_id
-
-    id = pk
-
-    def __str__(self) -> str:
-        return self.user_id
-
-    def __repr__(self) -> str:
-        return f"<TokenUser {self.user_id!r}>"
-
-
 class TokenAuthenticationFailed(exceptions.AuthenticationFailed):
     """A token that was presented but did not verify; carries the :class:`AuthError` for the 401 body."""
 
@@ -83,10 +59,12 @@ class TokenAuthenticationFailed(exceptions.AuthenticationFailed):
 class PowerSyncTokenAuthentication(BaseAuthentication):
     """DRF authentication with the JWTs of ``POWERSYNC['JWT']`` (``Authorization: Token|Bearer <jwt>``).
 
-    Without such a header it returns None, so it combines with other authentication classes.
+    ``request.user`` is the Django user named by the token's ``sub`` (:func:`powersync_django.users.resolve_user`,
+    looked up once per request), ``request.auth`` the :class:`TokenClaims`. Without such a header it returns
+    None, so it combines with other authentication classes.
     """
 
-    def authenticate(self, request: Request) -> tuple[TokenUser, TokenClaims] | None:
+    def authenticate(self, request: Request) -> tuple[Any, TokenClaims] | None:
         header = request.headers.get("Authorization")
         try:
             token = parse_authorization_header(header)
@@ -94,9 +72,10 @@ class PowerSyncTokenAuthentication(BaseAuthentication):
             return None
         try:
             claims = verify_token(token)
+            user = resolve_user(claims)
         except AuthError as exc:
             raise TokenAuthenticationFailed(exc) from None
-        return TokenUser(claims), claims
+        return user, claims
 
     def authenticate_header(self, request: Request) -> str:
         return "Token"

@@ -81,6 +81,10 @@ DEFAULTS: dict[str, Any] = {
         # {client table: "dotted.path.to.callable(user, op, data) -> data"}, run before validation (PUT/PATCH)
         # to force server-side values (e.g. an owner from the token).
         "PREPARE": {},
+        # The user hooks get: the token's `sub` looked up in this field of get_user_model() (a unique field; the
+        # user instance gets `.claims`, `.token` and `.user_id` = sub); unknown sub: 401, inactive user: 403.
+        # None: no lookup, hooks get a `powersync_django.users.TokenUser` (user ids that are not Django users).
+        "USER_LOOKUP_FIELD": "pk",
         # Largest batch (operations) and request body (bytes); beyond them: 413.
         "MAX_OPERATIONS": 1000,
         "MAX_BYTES": 5 * 1024 * 1024,

@@ -4,6 +4,7 @@
 - ``powersync_django.W014``: an HS256 ``SECRET`` shorter than 32 bytes.
 - ``powersync_django.E015``: an ``UPLOAD['PERMISSIONS']``/``['PREPARE']`` key that names no client table.
 - ``powersync_django.W016``: a client-writable table whose model has an integer auto primary key.
+- ``powersync_django.E017``: ``UPLOAD['USER_LOOKUP_FIELD']`` is not a unique field of the user model.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from typing import Any
 
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
-from django.db import models
 
+from . import sequences
 from .auth import audience_required
 from .conf import get_config
 
@@ -26,7 +27,26 @@ def check_edge(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessa
         config = get_config()
     except ImproperlyConfigured:
         return []  # reported as E000 by checks.check_settings
-    return [*_token_checks(config["JWT"]), *_upload_checks(config)]
+    return [*_token_checks(config["JWT"]), *_user_checks(config["UPLOAD"]), *_upload_checks(config)]
+
+
+def _user_checks(upload: dict[str, Any]) -> list[checks.CheckMessage]:
+    from django.contrib.auth import get_user_model
+
+    field = upload["USER_LOOKUP_FIELD"]
+    if field is None or field == "pk":
+        return []
+    model = get_user_model()
+    try:
+        unique = model._meta.get_field(field).unique
+    except Exception:  # FieldDoesNotExist, or a relation path
+        unique = None
+    if unique:
+        return []
+    return [checks.Error(
+        f"POWERSYNC['UPLOAD']['USER_LOOKUP_FIELD'] = {field!r} is not a unique field of {model._meta.label}.",
+        hint="Name a unique field (e.g. 'pk', 'username' or 'email' if unique), or None to give hooks a TokenUser.",
+        id="powersync_django.E017")]
 
 
 def _token_checks(jwt: dict[str, Any]) -> list[checks.CheckMessage]:
@@ -75,9 +95,8 @@ def _upload_checks(config: dict[str, Any]) -> list[checks.CheckMessage]:
     for table in tables.values():
         if table.permission is upload.deny:
             continue
-        pk = table.model._meta.pk
-        target = pk.target_field if pk.is_relation else pk
-        if isinstance(target, models.AutoField | models.BigAutoField | models.SmallAutoField):
+        if sequences.is_auto_key(table.model):
+            target = table.model._meta.pk
             messages.append(checks.Warning(
                 f"Client table {table.table!r} ({table.model._meta.label}) accepts uploads but its primary key is "
                 f"an integer {type(target).__name__}: clients create rows offline with ids they choose, so two "
