@@ -23,6 +23,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from . import ratelimit
 from . import upload as uploads
 from .auth import PSYNC_S2106, AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
@@ -164,6 +165,8 @@ class UploadView(APIView):
             401: OpenApiResponse(PowerSyncErrorSerializer, description="Missing or invalid token."),
             403: OpenApiResponse(PowerSyncErrorSerializer, description="An operation is not permitted."),
             413: OpenApiResponse(PowerSyncErrorSerializer, description="Too many operations or too large a body."),
+            429: OpenApiResponse(PowerSyncErrorSerializer, description="Over RATE_LIMITS['UPLOAD'] for this "
+                                 "user; retry after the Retry-After header's seconds."),
         },
         examples=[OpenApiExample("Batch", request_only=True, value={"batch": [
             {"op": "PUT", "type": "todos", "id": "5f4c0c5e-4d9e-4b1a-9a43-0c2d7e0f6d11",
@@ -173,6 +176,8 @@ class UploadView(APIView):
         tags=["powersync"],
     )
     def post(self, request: Request) -> Response:
+        token = request.auth if isinstance(request.auth, TokenClaims) else None
+        ratelimit.check("UPLOAD", token.user_id if token is not None else f"user:{request.user.pk}")
         raw = read_body(request._request, get_config()["UPLOAD"]["MAX_BYTES"])
         operations = uploads.parse_batch(raw)
         applied = uploads.apply_batch(request.user, operations, {"request": request, "view": self})
@@ -184,6 +189,8 @@ class UploadView(APIView):
             return super().handle_exception(exc)
         if response.status_code == 401:
             response["WWW-Authenticate"] = self.get_authenticate_header(self.request) or "Token"
+        if isinstance(exc, ratelimit.RateLimited):
+            response["Retry-After"] = str(exc.retry_after)
         response.exception = True
         return response
 
@@ -209,7 +216,7 @@ def read_body(request: HttpRequest, limit: int | None) -> bytes:
 
 def exception_response(exc: Exception) -> Response | None:
     """The PSYNC-shaped error response of an exception the upload view expects; None for others (500)."""
-    if isinstance(exc, uploads.UploadError):
+    if isinstance(exc, uploads.UploadError | ratelimit.RateLimited):
         return Response(exc.as_json(), status=exc.status)
     if isinstance(exc, TokenAuthenticationFailed):
         return Response(exc.error.as_json(), status=exc.error.status)
@@ -299,6 +306,8 @@ def write_checkpoint_schema_hook(result: dict[str, Any], generator: Any, request
                 "schema": {"$ref": "#/components/schemas/PowerSyncWriteCheckpoint"}}}},
             "400": {"description": "client_id is too long.", "content": error},
             "401": {"description": "Missing or invalid token.", "content": error},
+            "429": {"description": "Over RATE_LIMITS['WRITE_CHECKPOINT'] for this user; see Retry-After.",
+                    "content": error},
         },
     }}
     return result

@@ -69,6 +69,15 @@ DEFAULTS: dict[str, Any] = {
     "CORS_ALLOWED_ORIGINS": "*",
     # Gzip level of compressed sync streams (1 = fastest).
     "GZIP_LEVEL": 1,
+    # Per-user request rates, counted in Django's cache (share the cache between processes for a global limit):
+    # "N/second|minute|hour|day" (or "N/30s"), (count, seconds) or None for no limit. Beyond them: 429 with
+    # Retry-After. A write checkpoint is a replication batch plus a wake-up of every stream; the SDK asks for one
+    # after each upload queue drain.
+    "RATE_LIMITS": {
+        "WRITE_CHECKPOINT": "300/minute",
+        "UPLOAD": "1200/minute",
+        "CACHE": "default",
+    },
     # Upload endpoint `api/upload` (see README "Uploads"). Values may be dotted paths or the objects.
     "UPLOAD": {
         # {client table: "dotted.path.to.Serializer"}; default: a ModelSerializer of the synced columns.

@@ -5,6 +5,7 @@
 - ``powersync_django.E015``: an ``UPLOAD['PERMISSIONS']``/``['PREPARE']`` key that names no client table.
 - ``powersync_django.W016``: a client-writable table whose model has an integer auto primary key.
 - ``powersync_django.E017``: ``UPLOAD['USER_LOOKUP_FIELD']`` is not a unique field of the user model.
+- ``powersync_django.E018``: an invalid ``RATE_LIMITS`` value or cache alias.
 """
 
 from __future__ import annotations
@@ -27,7 +28,25 @@ def check_edge(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessa
         config = get_config()
     except ImproperlyConfigured:
         return []  # reported as E000 by checks.check_settings
-    return [*_token_checks(config["JWT"]), *_user_checks(config["UPLOAD"]), *_upload_checks(config)]
+    return [*_token_checks(config["JWT"]), *_user_checks(config["UPLOAD"]), *_rate_checks(config["RATE_LIMITS"]),
+            *_upload_checks(config)]
+
+
+def _rate_checks(limits: dict[str, Any]) -> list[checks.CheckMessage]:
+    from django.conf import settings
+
+    from .ratelimit import parse_rate
+
+    messages: list[checks.CheckMessage] = []
+    for scope in ("WRITE_CHECKPOINT", "UPLOAD"):
+        try:
+            parse_rate(limits[scope])
+        except ImproperlyConfigured as exc:
+            messages.append(checks.Error(str(exc), id="powersync_django.E018"))
+    if limits["CACHE"] not in settings.CACHES:
+        messages.append(checks.Error(f"POWERSYNC['RATE_LIMITS']['CACHE'] = {limits['CACHE']!r} is not in CACHES.",
+                                     id="powersync_django.E018"))
+    return messages
 
 
 def _user_checks(upload: dict[str, Any]) -> list[checks.CheckMessage]:

@@ -12,7 +12,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import storage
+from . import ratelimit, storage
 from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
 from .protocol import (
@@ -45,7 +45,7 @@ def _cors(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     elif origin and origin in allowed:
         response["Access-Control-Allow-Origin"] = origin
         response["Vary"] = "Origin"
-    response["Access-Control-Expose-Headers"] = "Content-Type"
+    response["Access-Control-Expose-Headers"] = "Content-Type, Retry-After"
     return response
 
 
@@ -158,5 +158,11 @@ async def write_checkpoint(request: HttpRequest) -> HttpResponse:
         client_id = check_client_id(request.GET.get("client_id"))
     except ProtocolError as exc:
         return error_response(exc.as_json(), exc.status)
+    try:
+        await asyncio.to_thread(ratelimit.check, "WRITE_CHECKPOINT", claims.user_id)
+    except ratelimit.RateLimited as exc:
+        response = error_response(exc.as_json(), exc.status)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
     counter = await storage.run(storage.create_write_checkpoint, claims.user_id, client_id)
     return JsonResponse({"data": {"write_checkpoint": str(counter)}})

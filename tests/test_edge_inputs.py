@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import orjson
 import pytest
@@ -117,3 +118,63 @@ def test_write_checkpoint_keys_are_unambiguous() -> None:
     assert [wc("alice", "phone"), wc("alice/phone", None), wc("alice", "phone")] == ["1", "1", "2"]
     # The longest ids fit the columns (no 500 from an overflow on PostgreSQL).
     assert wc("u" * 255, "c" * 200) == "1"
+
+
+# --- rate limits ----------------------------------------------------------------------------------------------
+
+
+def _limits(**limits: object):
+    from django.conf import settings
+    from django.test import override_settings
+
+    return override_settings(POWERSYNC={**settings.POWERSYNC,
+                                        "RATE_LIMITS": {"CACHE": "default", "UPLOAD": None, **limits}})
+
+
+def test_write_checkpoints_are_rate_limited_per_user() -> None:
+    with _limits(WRITE_CHECKPOINT="3/minute"):
+        statuses = [http("GET", "/write-checkpoint2.json?client_id=c")[0].status_code for _ in range(4)]
+        assert statuses == [200, 200, 200, 429]
+        response, content = http("GET", "/write-checkpoint2.json?client_id=c")
+        assert response.status_code == 429
+        assert 1 <= int(response["Retry-After"]) <= 60
+        assert error_of(response, content)["code"] == "RATE_LIMITED"
+        # Another user has their own budget.
+        assert http("GET", "/write-checkpoint2.json?client_id=c", user="u2")[0].status_code == 200
+    assert WriteCheckpoint.objects.get(user_id="u1").issued == 3
+
+
+def test_uploads_are_rate_limited_per_user() -> None:
+    from django.test import Client as SyncClient
+
+    from demo_project.todos.models import TodoList
+
+    client = SyncClient()
+
+    def upload(user: str) -> object:
+        body = orjson.dumps({"batch": [{"op": "PUT", "type": "lists", "id": str(uuid.uuid4()),
+                                        "data": {"name": "x"}}]})
+        return client.post("/api/upload", body, content_type="application/json",
+                           HTTP_AUTHORIZATION=f"Token {make_token(user)}")
+
+    with _limits(WRITE_CHECKPOINT=None, UPLOAD=(2, 3600)):
+        assert [upload("u1").status_code for _ in range(3)] == [200, 200, 429]
+        response = upload("u1")
+        assert response.status_code == 429 and int(response["Retry-After"]) >= 1
+        assert error_of(response, response.content)["code"] == "RATE_LIMITED"
+        assert upload("u2").status_code == 200
+    assert TodoList.objects.filter(owner_id="u1").count() == 2
+
+
+def test_rate_limit_settings_are_checked() -> None:
+    from django.core import checks
+
+    from powersync_django.ratelimit import parse_rate
+
+    assert parse_rate("120/minute") == (120, 60)
+    assert parse_rate("10/30s") == (10, 30)
+    assert parse_rate("5/hours") == (5, 3600)
+    assert parse_rate(None) is None
+    with _limits(WRITE_CHECKPOINT="lots", UPLOAD="0/second"):
+        ids = [m.id for m in checks.run_checks()]
+    assert ids.count("powersync_django.E018") == 2
