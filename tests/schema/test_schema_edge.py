@@ -185,3 +185,43 @@ def test_upload_keys_naming_no_table_are_check_errors() -> None:
         errors = [m for m in checks.run_checks() if m.id == "powersync_django.E015"]
     assert sorted(e.msg.split("'")[5] for e in errors) == ["document", "projetcs"]
     assert all("documents" in e.hint and "projects" in e.hint for e in errors)
+
+
+@pytest.mark.parametrize("sub", ["alice", "99999999999999999999999"])
+def test_websocket_with_a_mistyped_sub_gets_a_sync_line_or_an_error_frame(sub: str) -> None:
+    from channels.testing import WebsocketCommunicator
+
+    from powersync_django.consumers import SyncConsumer
+    from powersync_django.rsocket import Error, Payload, RequestStream, Setup, decode_frame
+
+    async def run() -> Any:
+        comm = WebsocketCommunicator(SyncConsumer.as_asgi(), "/sync/stream")
+        assert (await comm.connect())[0]
+        setup = Setup(20000, 90000, "application/json", "application/json",
+                      metadata=orjson.dumps({"token": f"Token {make_token(sub)}"}))
+        await comm.send_input({"type": "websocket.receive", "bytes": setup.encode()})
+        request = RequestStream(1, 10, metadata=b'{"path": "/sync/stream"}', data=b'{"buckets": []}')
+        await comm.send_input({"type": "websocket.receive", "bytes": request.encode()})
+        frame = decode_frame((await comm.receive_output(10))["bytes"])
+        await comm.disconnect()
+        await comm.wait(10)
+        return frame
+
+    frame = asyncio.run(run())
+    if isinstance(frame, Error):
+        assert frame.stream_id == 1 and frame.message.startswith("[PSYNC_S2001]"), frame
+    else:
+        assert isinstance(frame, Payload)
+
+
+def test_powersync_token_warns_about_a_sub_that_names_no_user() -> None:
+    import io
+
+    from django.core.management import call_command
+
+    alice = User.objects.create(username="alice")
+    for sub, warned in (("alice", True), (str(alice.pk), False)):
+        out, err = io.StringIO(), io.StringIO()
+        call_command("powersync_token", sub, stdout=out, stderr=err)
+        assert ("Uploads with this token are rejected" in err.getvalue()) is warned
+        assert out.getvalue().strip()  # the token is printed either way
