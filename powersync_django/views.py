@@ -140,6 +140,8 @@ async def _stream(session: SyncSession, encode: Callable[[dict], bytes], gzip: b
             yield compressor.flush(zlib.Z_FINISH)
     except asyncio.CancelledError:
         raise
+    except ProtocolError as exc:  # raised mid-stream (e.g. re-resolved parameters no longer fit): end the body
+        logger.info("powersync: sync stream ended: %s", exc.description)
     except Exception:
         # Headers are sent: all we can do is end the body; the client retries.
         logger.exception("powersync: sync stream failed")

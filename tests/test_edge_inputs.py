@@ -178,3 +178,27 @@ def test_rate_limit_settings_are_checked() -> None:
     with _limits(WRITE_CHECKPOINT="lots", UPLOAD="0/second"):
         ids = [m.id for m in checks.run_checks()]
     assert ids.count("powersync_django.E018") == 2
+
+
+@run_async
+async def test_protocol_error_mid_stream_is_an_error_frame_not_something_went_wrong() -> None:
+    from powersync_django.protocol import ProtocolError
+    from powersync_django.sync import SyncSession
+
+    class Failing(SyncSession):
+        async def lines(self):
+            yield {"token_expires_in": 60}
+            raise ProtocolError("Token or client parameters do not fit the bucket definitions")
+
+    class Consumer(SyncConsumer):
+        session_class = Failing
+
+    client = Client(Consumer.as_asgi())
+    await client.connect()
+    await client.send(setup_frame(make_token("u1")))
+    await client.send(request_frame())
+    assert isinstance(await client.next(), Payload)
+    frame = await client.next()
+    assert isinstance(frame, Error) and frame.stream_id == 1 and frame.code == APPLICATION_ERROR
+    assert frame.message.startswith("[PSYNC_S2001] Token or client parameters"), frame.message
+    await client.close()
