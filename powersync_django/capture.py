@@ -14,7 +14,6 @@ import logging
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 from django.apps import apps as django_apps
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
@@ -23,7 +22,7 @@ from django.db.models.expressions import BaseExpression
 from django.db.models.signals import class_prepared, post_delete, post_save
 
 from . import notify
-from .encoding import snapshot_value
+from .encoding import json_text, snapshot_value
 from .models import OutboxEntry
 
 logger = logging.getLogger(__name__)
@@ -48,9 +47,9 @@ def is_tracked(model: type[models.Model]) -> bool:
 
 def snapshot(instance: models.Model) -> str:
     """JSON text of all concrete field values of an instance."""
-    return orjson.dumps(
+    return json_text(
         {f.attname: snapshot_value(f, getattr(instance, f.attname)) for f in instance._meta.concrete_fields}
-    ).decode()
+    )
 
 
 def _entry_for(instance: models.Model, using: str, partial: bool = False) -> OutboxEntry:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import datetime
 import decimal
+import json
 import uuid
 from typing import Any
 
@@ -19,6 +20,15 @@ from django.db import models
 from django.utils import timezone
 
 from .conf import get_config
+
+
+def json_text(value: Any, sort_keys: bool = False) -> str:
+    """Compact JSON text of ``value``, integers beyond 64 bits included (a JSON field may hold them: PostgreSQL
+    reads a jsonb number like 18446744073709551616 back as a Python int, which orjson refuses)."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS if sort_keys else None).decode()
+    except TypeError:
+        return json.dumps(value, separators=(",", ":"), sort_keys=sort_keys, ensure_ascii=False, allow_nan=False)
 
 
 def format_datetime(value: datetime.datetime, iso: bool) -> str:
@@ -38,7 +48,7 @@ def encode_value(value: Any, field: models.Field | None = None) -> Any:
         return value
     if isinstance(field, models.JSONField):
         # Any JSON value, a string included, becomes its JSON text.
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        return json_text(value, sort_keys=True)
     if isinstance(value, str):
         return value
     if isinstance(value, bool):
@@ -58,7 +68,7 @@ def encode_value(value: Any, field: models.Field | None = None) -> Any:
     if isinstance(value, datetime.timedelta):
         return value.total_seconds()
     if isinstance(value, dict | list):
-        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+        return json_text(value, sort_keys=True)
     return str(value)
 
 

@@ -225,3 +225,19 @@ def test_powersync_token_warns_about_a_sub_that_names_no_user() -> None:
         call_command("powersync_token", sub, stdout=out, stderr=err)
         assert ("Uploads with this token are rejected" in err.getvalue()) is warned
         assert out.getvalue().strip()  # the token is printed either way
+
+
+def test_json_values_beyond_64_bit_integers_are_captured_and_uploads_still_work(client: Client, replicate) -> None:
+    """Found by the fuzz on PostgreSQL: jsonb reads 2**64 back as a Python int, which orjson cannot write."""
+    from powersync_django.models import BucketOp
+
+    alice = User.objects.create(username="alice")
+    doc = Document.objects.create(owner=alice, title="big", body={"n": 2**64, "m": [-(2**70)]})
+    replicate()
+    op = BucketOp.objects.filter(object_id=str(doc.pk)).latest("op_id")
+    assert orjson.loads(orjson.loads(op.data)["body"]) == {"n": float(2**64), "m": [float(-(2**70))]}
+    response = upload(client, str(alice.pk), {"op": "PATCH", "type": "documents", "id": str(doc.pk),
+                                              "data": {"title": "renamed"}})
+    assert response.status_code == 200, response.content
+    replicate()
+    assert Document.objects.get(pk=doc.pk).title == "renamed"
