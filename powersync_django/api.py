@@ -304,7 +304,7 @@ def write_checkpoint_schema_hook(result: dict[str, Any], generator: Any, request
         "responses": {
             "200": {"description": "", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/PowerSyncWriteCheckpoint"}}}},
-            "400": {"description": "client_id is too long.", "content": error},
+            "400": {"description": "client_id is longer than 200 characters or not printable.", "content": error},
             "401": {"description": "Missing or invalid token.", "content": error},
             "429": {"description": "Over RATE_LIMITS['WRITE_CHECKPOINT'] for this user; see Retry-After.",
                     "content": error},
