@@ -169,6 +169,8 @@ POWERSYNC = {
         },
     },
     "UPLOAD": {
+        # The demo's user ids are free-form strings, not Django users: hooks get a TokenUser (user.user_id).
+        "USER_LOOKUP_FIELD": None,
         "PERMISSIONS": {
             "lists": "demo_project.todos.permissions.can_write_list",
             "todos": "demo_project.todos.permissions.can_write_todo",

@@ -23,11 +23,12 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView, set_rollback
 
-from . import executors, metrics
+from . import executors, metrics, ratelimit
 from . import upload as uploads
 from .auth import PSYNC_S2106, AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
 from .executors import Overloaded
+from .users import TokenUser, resolve_user  # noqa: F401  (TokenUser: re-exported, was defined here)
 from .views import cors, protocol_error_response, server_error
 
 try:
@@ -49,31 +50,6 @@ except ImportError:  # drf-spectacular is optional (extra "openapi")
 SECURITY_SCHEME = "PowerSyncToken"
 
 
-class TokenUser:
-    """The user of a request authenticated by a PowerSync JWT: ``user_id`` is the token's ``sub``."""
-
-    is_authenticated = True
-    is_anonymous = False
-    is_active = True
-
-    def __init__(self, token: TokenClaims) -> None:
-        self.token = token
-        self.user_id = token.user_id
-        self.claims = token.claims
-
-    @property
-    def pk(self) -> str:
-        return self.user_id
-
-    id = pk
-
-    def __str__(self) -> str:
-        return self.user_id
-
-    def __repr__(self) -> str:
-        return f"<TokenUser {self.user_id!r}>"
-
-
 class TokenAuthenticationFailed(exceptions.AuthenticationFailed):
     """A token that was presented but did not verify; carries the :class:`AuthError` for the 401 body."""
 
@@ -85,10 +61,12 @@ class TokenAuthenticationFailed(exceptions.AuthenticationFailed):
 class PowerSyncTokenAuthentication(BaseAuthentication):
     """DRF authentication with the JWTs of ``POWERSYNC['JWT']`` (``Authorization: Token|Bearer <jwt>``).
 
-    Without such a header it returns None, so it combines with other authentication classes.
+    ``request.user`` is the Django user named by the token's ``sub`` (:func:`powersync_django.users.resolve_user`,
+    looked up once per request), ``request.auth`` the :class:`TokenClaims`. Without such a header it returns
+    None, so it combines with other authentication classes.
     """
 
-    def authenticate(self, request: Request) -> tuple[TokenUser, TokenClaims] | None:
+    def authenticate(self, request: Request) -> tuple[Any, TokenClaims] | None:
         header = request.headers.get("Authorization")
         try:
             token = parse_authorization_header(header)
@@ -96,9 +74,10 @@ class PowerSyncTokenAuthentication(BaseAuthentication):
             return None
         try:
             claims = verify_token(token)
+            user = resolve_user(claims)
         except AuthError as exc:
             raise TokenAuthenticationFailed(exc) from None
-        return TokenUser(claims), claims
+        return user, claims
 
     def authenticate_header(self, request: Request) -> str:
         return "Token"
@@ -190,6 +169,8 @@ class UploadView(APIView):
             500: OpenApiResponse(PowerSyncErrorSerializer, description="Unexpected server error (PSYNC_S2001)."),
             503: OpenApiResponse(PowerSyncErrorSerializer, description="The database is busy (PSYNC_S2003); "
                                  "retry after `Retry-After` seconds."),
+            429: OpenApiResponse(PowerSyncErrorSerializer, description="Over RATE_LIMITS['UPLOAD'] for this "
+                                 "user; retry after the Retry-After header's seconds."),
         },
         examples=[OpenApiExample("Batch", request_only=True, value={"batch": [
             {"op": "PUT", "type": "todos", "id": "5f4c0c5e-4d9e-4b1a-9a43-0c2d7e0f6d11",
@@ -199,6 +180,8 @@ class UploadView(APIView):
         tags=["powersync"],
     )
     def post(self, request: Request) -> Response:
+        token = request.auth if isinstance(request.auth, TokenClaims) else None
+        ratelimit.check("UPLOAD", token.user_id if token is not None else f"user:{request.user.pk}")
         raw = read_body(request._request, get_config()["UPLOAD"]["MAX_BYTES"])
         operations = uploads.parse_batch(raw)
         applied = uploads.apply_batch(request.user, operations, {"request": request, "view": self})
@@ -215,6 +198,8 @@ class UploadView(APIView):
         metrics.upload_batch(response.status_code)
         if response.status_code == 401:
             response["WWW-Authenticate"] = self.get_authenticate_header(self.request) or "Token"
+        if isinstance(exc, ratelimit.RateLimited):
+            response["Retry-After"] = str(exc.retry_after)
         response.exception = True
         return response
 
@@ -240,7 +225,7 @@ def read_body(request: HttpRequest, limit: int | None) -> bytes:
 
 def exception_response(exc: Exception) -> Response | None:
     """The PSYNC-shaped error response of an exception the upload view expects; None for others (500)."""
-    if isinstance(exc, uploads.UploadError):
+    if isinstance(exc, uploads.UploadError | ratelimit.RateLimited):
         return Response(exc.as_json(), status=exc.status)
     if isinstance(exc, TokenAuthenticationFailed):
         return Response(exc.error.as_json(), status=exc.error.status)
@@ -333,10 +318,12 @@ def write_checkpoint_schema_hook(result: dict[str, Any], generator: Any, request
         "responses": {
             "200": {"description": "", "content": {"application/json": {
                 "schema": {"$ref": "#/components/schemas/PowerSyncWriteCheckpoint"}}}},
-            "400": {"description": "client_id is too long.", "content": error},
+            "400": {"description": "client_id is longer than 200 characters or not printable.", "content": error},
             "401": {"description": "Missing or invalid token.", "content": error},
             "500": {"description": "Unexpected server error (PSYNC_S2001).", "content": error},
             "503": {"description": "The database is busy (PSYNC_S2003); retry after `Retry-After` seconds.",
+                    "content": error},
+            "429": {"description": "Over RATE_LIMITS['WRITE_CHECKPOINT'] for this user; see Retry-After.",
                     "content": error},
         },
     }}

@@ -10,7 +10,7 @@ class PowerSyncConfig(AppConfig):
     def ready(self) -> None:
         from django.db.backends.signals import connection_created
 
-        from . import capture, checks, db  # noqa: F401  (registers signal receivers and system checks)
+        from . import capture, checks, db, security_checks  # noqa: F401  (signal receivers and system checks)
 
         capture.connect_signals()
         connection_created.connect(db.configure_connection, dispatch_uid="powersync_django.db.configure")

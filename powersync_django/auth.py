@@ -51,6 +51,8 @@ SUPPORTED_ALGORITHMS = HMAC_ALGORITHMS | RSA_ALGORITHMS | frozenset(EC_ALGORITHM
 
 # Tokens longer than this are rejected before parsing.
 MAX_TOKEN_LENGTH = 16 * 1024
+# Longest accepted ``sub`` claim (it is stored with write checkpoints and used as a bucket parameter).
+MAX_SUB_LENGTH = 255
 # Least time between two JWKS fetches forced by tokens naming an unknown `kid` (limits fetch floods).
 JWKS_REFRESH_COOLDOWN_SECONDS = 5.0
 JWKS_TIMEOUT_SECONDS = 10.0
@@ -239,18 +241,30 @@ def _jwks_keys(alg: str, kid: str | None, cfg: dict[str, Any]) -> list[Any]:
     return keys
 
 
+def _kid_fits(key_kid: str | None, kid: str | None) -> bool:
+    """A token naming a ``kid`` is verified only by the key configured under that kid; one without by any key."""
+    return kid is None or key_kid == kid
+
+
 def _candidate_keys(alg: str, kid: str | None, cfg: dict[str, Any]) -> Iterator[Any]:
     """Keys that may verify a token of ``alg``/``kid``, cheapest first (the JWKS is only fetched if reached)."""
     if alg in HMAC_ALGORITHMS:
-        if cfg["SECRET"]:
+        if cfg["SECRET"] and _kid_fits(cfg["KID"] or None, kid):
             yield cfg["SECRET"]
         return
     for key_kid, key in _load_public_keys(_normalize_public_keys(cfg["PUBLIC_KEYS"])):
-        # Keys listed without a kid are tried for every token; keyed ones only for their kid (or no kid).
-        if (key_kid is None or kid is None or key_kid == kid) and _key_fits(alg, key):
+        if _kid_fits(key_kid, kid) and _key_fits(alg, key):
             yield key
     if cfg["JWKS_URL"]:
         yield from _jwks_keys(alg, kid, cfg)
+
+
+def audience_required(cfg: dict[str, Any]) -> bool:
+    """Whether tokens verified by public keys (``PUBLIC_KEYS``/``JWKS_URL``) must carry a configured ``aud``.
+
+    True unless ``VERIFY_AUDIENCE`` is explicitly False (for a key set that only this application uses).
+    """
+    return cfg.get("VERIFY_AUDIENCE", True) is not False
 
 
 # --- verification -----------------------------------------------------------------------------------------
@@ -300,6 +314,13 @@ def verify_token(token: str) -> TokenClaims:
     audience = cfg["AUDIENCE"] or None
     if isinstance(audience, tuple):
         audience = list(audience)
+    public = bool(cfg["PUBLIC_KEYS"] or cfg["JWKS_URL"])
+    if audience is None and public and alg not in HMAC_ALGORITHMS and audience_required(cfg):
+        # Fail closed: a key set shared with other applications (Firebase, Auth0, Supabase) would otherwise
+        # accept their tokens here. System check powersync_django.E013 reports the same at startup.
+        logger.error("powersync: rejecting a %s token: POWERSYNC['JWT']['AUDIENCE'] is not set (E013)", alg)
+        raise AuthError(PSYNC_S2105, "No audience is configured to verify this token against",
+                        detail="set POWERSYNC['JWT']['AUDIENCE'] or VERIFY_AUDIENCE=False")
     require = ["sub", "exp", "iat"] + (["aud"] if audience else [])
 
     payload: dict[str, Any] | None = None
@@ -329,7 +350,7 @@ def verify_token(token: str) -> TokenClaims:
         raise AuthError(PSYNC_S2101, "signature verification failed", detail=f"alg {alg}, kid {kid!r}")
 
     sub, exp, iat = payload.get("sub"), payload.get("exp"), payload.get("iat")
-    if not isinstance(sub, str) or not sub:
+    if not isinstance(sub, str) or not sub or len(sub) > MAX_SUB_LENGTH or "\x00" in sub:
         raise AuthError(PSYNC_S2101, 'Invalid "sub" claim')
     if not _is_number(exp) or not _is_number(iat):
         raise AuthError(PSYNC_S2101, 'Invalid "exp" or "iat" claim')

@@ -22,7 +22,7 @@ DEFAULTS: dict[str, Any] = {
     # Sync Streams, see the README ("Sync Streams").
     "STREAMS": {},
     "JWT": {
-        # HS256 shared secret (str). Used for verification and by `powersync_token`.
+        # HS256 shared secret (str, at least 32 bytes: check W014). Used for verification and by `powersync_token`.
         "SECRET": None,
         # PEM public keys for RS256/ES256 tokens: a list of PEM strings or {kid: PEM}.
         "PUBLIC_KEYS": None,
@@ -31,8 +31,12 @@ DEFAULTS: dict[str, Any] = {
         "JWKS_CACHE_SECONDS": 300,
         # Accepted algorithms. `none` is never accepted.
         "ALGORITHMS": ["HS256", "RS256", "ES256"],
-        # Expected audience (str or list of str). None: the `aud` claim is not checked.
+        # Expected audience (str or list of str). Required for tokens verified by PUBLIC_KEYS/JWKS_URL (a key set
+        # shared with other applications would otherwise accept their tokens; check E013). With SECRET only,
+        # None means the `aud` claim is not checked.
         "AUDIENCE": None,
+        # False: accept public-key tokens without an AUDIENCE (only for a key set no other application uses).
+        "VERIFY_AUDIENCE": True,
         "ISSUER": None,
         # Clock tolerance for exp/iat/nbf, in seconds.
         "LEEWAY": 60,
@@ -40,7 +44,8 @@ DEFAULTS: dict[str, Any] = {
         "MAX_LIFETIME": 86400,
         # Lifetime of tokens made by `manage.py powersync_token`.
         "DEFAULT_TTL": 3600,
-        # `kid` header written by `powersync_token`, if any.
+        # `kid` of SECRET: written by `powersync_token`; when set, HS256 tokens naming another kid are rejected.
+        # (A token naming a kid is only verified by the key configured under that kid.)
         "KID": None,
     },
     # GET <endpoint>/api/token: tokens for logged-in (session) users, for a web app's fetchCredentials.
@@ -88,6 +93,15 @@ DEFAULTS: dict[str, Any] = {
     "CORS_ALLOWED_ORIGINS": "*",
     # Gzip level of compressed sync streams (1 = fastest).
     "GZIP_LEVEL": 1,
+    # Per-user request rates, counted in Django's cache (share the cache between processes for a global limit):
+    # "N/second|minute|hour|day" (or "N/30s"), (count, seconds) or None for no limit. Beyond them: 429 with
+    # Retry-After. A write checkpoint is a replication batch plus a wake-up of every stream; the SDK asks for one
+    # after each upload queue drain.
+    "RATE_LIMITS": {
+        "WRITE_CHECKPOINT": "300/minute",
+        "UPLOAD": "1200/minute",
+        "CACHE": "default",
+    },
     # Upload endpoint `api/upload` (see README "Uploads"). Values may be dotted paths or the objects.
     "UPLOAD": {
         # {client table: "dotted.path.to.Serializer"}; default: a ModelSerializer of the synced columns.
@@ -100,6 +114,10 @@ DEFAULTS: dict[str, Any] = {
         # {client table: "dotted.path.to.callable(user, op, data) -> data"}, run before validation (PUT/PATCH)
         # to force server-side values (e.g. an owner from the token).
         "PREPARE": {},
+        # The user hooks get: the token's `sub` looked up in this field of get_user_model() (a unique field; the
+        # user instance gets `.claims`, `.token` and `.user_id` = sub); unknown sub: 401, inactive user: 403.
+        # None: no lookup, hooks get a `powersync_django.users.TokenUser` (user ids that are not Django users).
+        "USER_LOOKUP_FIELD": "pk",
         # Largest batch (operations) and request body (bytes); beyond them: 413.
         "MAX_OPERATIONS": 1000,
         "MAX_BYTES": 5 * 1024 * 1024,

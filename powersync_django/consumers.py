@@ -393,6 +393,11 @@ class SyncConsumer(AsyncWebsocketConsumer):
                 tracker.sent(len(payload))
         except asyncio.CancelledError:
             raise
+        except ProtocolError as exc:  # raised mid-stream, e.g. parameters re-resolved after a change no longer fit
+            logger.info("powersync: WebSocket sync stream %s ended: %s", sid, exc.description)
+            await self.send_frame(
+                error_frame(sid, APPLICATION_ERROR, error_text(exc.code, exc.description, exc.details))
+            )
         except Exception:
             logger.exception("powersync: WebSocket sync stream failed")
             await self.send_frame(

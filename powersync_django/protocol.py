@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,12 @@ import orjson
 NDJSON = "application/x-ndjson"
 BSON_STREAM = "application/vnd.powersync.bson-stream"
 MAX_OP_ID = (1 << 63) - 1
+# Bounds of client-supplied strings (longer values are a 400, never a database error).
+MAX_CLIENT_ID_LENGTH = 200
+MAX_BUCKET_NAME_LENGTH = 500
+MAX_PARAMETERS_BYTES = 64 * 1024
+MAX_APP_METADATA_BYTES = 16 * 1024
+_OP_ID_RE = re.compile(r"\s*-?[0-9]{1,20}\s*", re.ASCII)
 
 
 class ProtocolError(Exception):
@@ -51,8 +58,8 @@ def _op_id(value: Any, where: str) -> int:
         raise ProtocolError(f"{where} must be a decimal string")
     if isinstance(value, int):
         number = value
-    elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        number = int(value)
+    elif isinstance(value, str) and _OP_ID_RE.fullmatch(value):
+        number = int(value)  # ASCII digits only: "²" and "--5" pass str.isdigit() but not int()
     else:
         raise ProtocolError(f"{where} must be a decimal string", details=f"got {str(value)[:40]!r}")
     if not 0 <= number <= MAX_OP_ID:
@@ -74,18 +81,24 @@ def parse_request(body: Any) -> SyncRequest:
         for i, item in enumerate(buckets):
             if not isinstance(item, Mapping) or not isinstance(item.get("name"), str):
                 raise ProtocolError(f"buckets[{i}] must be an object with a string 'name'")
+            if len(item["name"]) > MAX_BUCKET_NAME_LENGTH:
+                raise ProtocolError(f"buckets[{i}].name is longer than {MAX_BUCKET_NAME_LENGTH} characters")
             after = item.get("after")
             req.buckets[item["name"]] = 0 if after is None else _op_id(after, f"buckets[{i}].after")
-    client_id = body.get("client_id")
-    if client_id is not None:
-        if not isinstance(client_id, str) or len(client_id) > 200:
-            raise ProtocolError("'client_id' must be a string of at most 200 characters")
-        req.client_id = client_id or None
+    req.client_id = check_client_id(body.get("client_id"))
     params = body.get("parameters")
     if params is not None:
         if not isinstance(params, Mapping):
             raise ProtocolError("'parameters' must be an object")
+        if _json_size(params) > MAX_PARAMETERS_BYTES:
+            raise ProtocolError(f"'parameters' is larger than {MAX_PARAMETERS_BYTES} bytes")
         req.parameters = dict(params)
+    metadata = body.get("app_metadata")
+    if metadata is not None:
+        if not isinstance(metadata, Mapping) or not all(isinstance(v, str) for v in metadata.values()):
+            raise ProtocolError("'app_metadata' must be an object of strings")
+        if _json_size(metadata) > MAX_APP_METADATA_BYTES:
+            raise ProtocolError(f"'app_metadata' is larger than {MAX_APP_METADATA_BYTES} bytes")
     raw = body.get("raw_data")
     if raw is not None:
         if not isinstance(raw, bool):
@@ -107,6 +120,22 @@ def parse_request(body: Any) -> SyncRequest:
             raise ProtocolError("'streams.subscriptions' must be an array")
         req.subscriptions = list(subscriptions or ())
     return req
+
+
+def check_client_id(value: Any) -> str | None:
+    """A client id (sync request or write checkpoint): None, or a string of at most 200 printable characters."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > MAX_CLIENT_ID_LENGTH or not value.isprintable():
+        raise ProtocolError(f"'client_id' must be a string of at most {MAX_CLIENT_ID_LENGTH} printable characters")
+    return value
+
+
+def _json_size(value: Any) -> int:
+    try:
+        return len(orjson.dumps(value, default=str))
+    except (TypeError, orjson.JSONEncodeError):
+        return MAX_PARAMETERS_BYTES + 1
 
 
 def parse_json_request(raw: bytes) -> SyncRequest:

@@ -7,6 +7,7 @@ and a bucket's ops after a position, in pages.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -221,8 +222,20 @@ def read_ops(bucket: str, after: int, upto: int, limit: int, using: str = "defau
 # --- write checkpoints -----------------------------------------------------------------------------
 
 
+# Longest key stored (``OutboxEntry.object_pk`` holds it in write checkpoint markers).
+MAX_WRITE_CHECKPOINT_KEY = 255
+
+
 def write_checkpoint_key(user_id: str, client_id: str | None) -> str:
-    return f"{user_id}/{client_id}" if client_id else user_id
+    """The one key of a user's client: the JSON array ``["user","client"]`` (``["user",null]`` without a client).
+
+    Unambiguous whatever the ids contain (``alice`` + ``phone`` is not user ``alice/phone``); keys longer than
+    255 characters become ``sha256:<hex>`` of that array.
+    """
+    key = orjson.dumps([user_id, client_id or None]).decode()
+    if len(key) > MAX_WRITE_CHECKPOINT_KEY:
+        key = "sha256:" + hashlib.sha256(key.encode()).hexdigest()
+    return key
 
 
 def replicated_write_checkpoint(key: str, using: str = "default") -> int:

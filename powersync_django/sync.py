@@ -18,6 +18,9 @@ from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import DataError
+
 from . import executors, storage, streams
 from .auth import TokenClaims
 from .checksums import to_signed
@@ -27,6 +30,9 @@ from .protocol import ProtocolError, SyncRequest
 from .rules import Rules, get_rules
 
 logger = logging.getLogger(__name__)
+
+# Errors of parameter querysets that come from request values, not from the server.
+PARAMETER_ERRORS = (DjangoValidationError, ValueError, TypeError, OverflowError, DataError)
 
 TOO_MANY_BUCKETS = "PSYNC_S2305"
 EXPIRY_WARNING_SECONDS = 20
@@ -83,10 +89,17 @@ class SyncSession:
     async def _resolve_buckets(self) -> dict[str, tuple[str, int]]:
         streams.check_subscription_count(self.request, self.config["MAX_SUBSCRIPTIONS_PER_CONNECTION"])
         limit = self.config["MAX_BUCKETS_PER_CONNECTION"]
-        resolution = await storage.run(
-            streams.resolve, self.rules, self.claims.claims, self.request.parameters, self.request, self.version,
-            limit,
-        )
+        try:
+            resolution = await storage.run(
+                streams.resolve, self.rules, self.claims.claims, self.request.parameters, self.request,
+                self.version, limit,
+            )
+        except PARAMETER_ERRORS as exc:
+            # A token or client value that the filtered field cannot hold (a non-UUID for a UUID field, a
+            # username for an integer key, a NUL byte on PostgreSQL, an integer out of range): the request is bad.
+            logger.info("powersync: bucket parameters of %r do not fit: %r", self.claims.user_id, exc)
+            raise ProtocolError("Token or client parameters do not fit the bucket definitions",
+                                details=f"{type(exc).__name__}") from None
         buckets = resolution.buckets
         self.reasons = resolution.reasons
         if self.streams is None:  # fixed by the first checkpoint: diffs cannot change the stream list

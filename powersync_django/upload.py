@@ -37,6 +37,7 @@ from rest_framework import exceptions as drf_exceptions
 from rest_framework import serializers
 from rest_framework.utils.field_mapping import ClassLookupDict
 
+from . import sequences
 from .conf import get_config, import_setting
 from .db import write_transaction
 from .encoding import UnsyncableValue
@@ -403,6 +404,7 @@ def _apply(user: Any, operation: Operation, table: UploadTable, context: Mapping
     _check_references(operation, model, validated, using)
     if instance is None:
         _write(operation, lambda: serializer.save(**{model._meta.pk.attname: operation.pk}))
+        sequences.advance_past(model, operation.pk, using)  # a client-chosen integer id: keep the sequence ahead
     else:
         _write(operation, serializer.save)
     return True

@@ -12,7 +12,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import db, metrics, storage
+from . import db, metrics, ratelimit, storage
 from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
 from .executors import Overloaded
@@ -20,6 +20,7 @@ from .protocol import (
     BSON_STREAM,
     NDJSON,
     ProtocolError,
+    check_client_id,
     encode_bson,
     encode_ndjson,
     nest_row_data,
@@ -74,7 +75,7 @@ def _cors(request: HttpRequest, response: HttpResponse) -> HttpResponse:
     elif origin and origin in allowed:
         response["Access-Control-Allow-Origin"] = origin
         response["Vary"] = "Origin"
-    response["Access-Control-Expose-Headers"] = "Content-Type"
+    response["Access-Control-Expose-Headers"] = "Content-Type, Retry-After"
     return response
 
 
@@ -109,6 +110,12 @@ def cors(methods: str) -> Callable:
     return decorator
 
 
+def declared_length(request: HttpRequest) -> int:
+    """The ``Content-Length`` header as a number; 0 when missing, malformed or negative (the read is bounded)."""
+    value = request.headers.get("Content-Length") or ""
+    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else 0
+
+
 async def authenticate(request: HttpRequest) -> TokenClaims:
     token = parse_authorization_header(request.headers.get("Authorization"))
     if get_config()["JWT"]["JWKS_URL"]:
@@ -125,9 +132,10 @@ async def sync_stream(request: HttpRequest) -> HttpResponse:
         return error_response(exc.as_json(), exc.status)
     try:
         limit = get_config()["MAX_REQUEST_BYTES"]
-        if int(request.headers.get("Content-Length") or 0) > limit:
+        if declared_length(request) > limit:
             raise ProtocolError("Request body too large", status=413)
-        body = request.body
+        # Read from the stream: ``request.body`` int()s the raw Content-Length header (a 500 when malformed).
+        body = request.read(limit + 1)
         if len(body) > limit:
             raise ProtocolError("Request body too large", status=413)
         sync_request = parse_json_request(body)
@@ -172,6 +180,8 @@ async def _stream(session: SyncSession, encode: Callable[[dict], bytes], gzip: b
             yield compressor.flush(zlib.Z_FINISH)
     except asyncio.CancelledError:
         raise
+    except ProtocolError as exc:  # raised mid-stream (e.g. re-resolved parameters no longer fit): end the body
+        logger.info("powersync: sync stream ended: %s", exc.description)
     except Exception:
         # Headers are sent: all we can do is end the body; the client retries.
         logger.exception("powersync: sync stream failed")
@@ -187,9 +197,16 @@ async def write_checkpoint(request: HttpRequest) -> HttpResponse:
         claims = await authenticate(request)
     except AuthError as exc:
         return error_response(exc.as_json(), exc.status)
-    client_id = request.GET.get("client_id") or None
-    if client_id is not None and len(client_id) > 200:
-        return error_response(ProtocolError("client_id is too long").as_json(), 400)
+    try:
+        client_id = check_client_id(request.GET.get("client_id"))
+    except ProtocolError as exc:
+        return error_response(exc.as_json(), exc.status)
+    try:
+        await asyncio.to_thread(ratelimit.check, "WRITE_CHECKPOINT", claims.user_id)
+    except ratelimit.RateLimited as exc:
+        response = error_response(exc.as_json(), exc.status)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
     try:
         counter = await storage.run_write(storage.create_write_checkpoint, claims.user_id, client_id)
     except Overloaded as exc:

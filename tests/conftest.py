@@ -67,6 +67,15 @@ def _close_storage_threads(django_db_setup):
 
 
 @pytest.fixture(autouse=True)
+def _fresh_rate_limits():
+    """Each test starts with no requests counted against POWERSYNC['RATE_LIMITS']."""
+    from powersync_django import ratelimit
+
+    ratelimit.reset()
+    yield
+
+
+@pytest.fixture(autouse=True)
 def _fresh_hubs():
     """Each test gets a fresh checkpoint hub (they are per event loop)."""
     yield

@@ -35,7 +35,12 @@ SECRET = "test-secret-0123456789-abcdefghijklmnop"
 
 
 def jwt_settings(**jwt_config: Any) -> override_settings:
-    """``override_settings`` with ``POWERSYNC = {"JWT": jwt_config}``."""
+    """``override_settings`` with ``POWERSYNC = {"JWT": jwt_config}``.
+
+    Public-key tests that are not about the audience opt out of it (``VERIFY_AUDIENCE=False``).
+    """
+    if jwt_config.get("PUBLIC_KEYS") or jwt_config.get("JWKS_URL"):
+        jwt_config.setdefault("VERIFY_AUDIENCE", False)
     return override_settings(POWERSYNC={"JWT": jwt_config})
 
 
@@ -490,7 +495,7 @@ def test_jwks_symmetric_key_never_used(fake_jwks: FakeJwks) -> None:
 
 
 def test_static_keys_tried_before_jwks(fake_jwks: FakeJwks, rsa_key: Any) -> None:
-    with jwt_settings(PUBLIC_KEYS=[pem(rsa_key)], JWKS_URL=JWKS_URL):
+    with jwt_settings(PUBLIC_KEYS={"any": pem(rsa_key)}, JWKS_URL=JWKS_URL):
         verify_token(jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "any"}))
     assert fake_jwks.fetches == 0
 
@@ -579,3 +584,69 @@ def test_command_bad_input(args: tuple[str, ...]) -> None:
 def test_command_without_secret() -> None:
     with pytest.raises(CommandError, match="SECRET"):
         run_command("u")
+
+
+# --- safe defaults: audience, kid, secret length (issue 10) --------------------------------------------------
+
+
+def _check_ids(**jwt_config: Any) -> set[str]:
+    from django.core import checks
+
+    with override_settings(POWERSYNC={"JWT": jwt_config}):
+        return {m.id for m in checks.run_checks() if m.id and m.id.startswith("powersync_django.")}
+
+
+def test_public_keys_without_audience_reject_foreign_tokens(rsa_key: rsa.RSAPrivateKey) -> None:
+    foreign = jwt.encode(claims(aud="some-other-app", iss="elsewhere"), rsa_key, algorithm="RS256")
+    with override_settings(POWERSYNC={"JWT": {"PUBLIC_KEYS": [pem(rsa_key)]}}):
+        err = error_of(foreign)
+        assert (err.code, err.status) == ("PSYNC_S2105", 401)
+        assert "powersync_django.E013" in _check_ids(PUBLIC_KEYS=[pem(rsa_key)])
+    with override_settings(POWERSYNC={"JWT": {"PUBLIC_KEYS": [pem(rsa_key)], "AUDIENCE": "powersync",
+                                              "ISSUER": "https://idp.example"}}):
+        assert error_of(foreign).status == 401
+        other_audience = jwt.encode(claims(aud="some-other-app", iss="https://idp.example"), rsa_key,
+                                    algorithm="RS256")
+        assert error_of(other_audience).code == "PSYNC_S2105"
+        other_issuer = jwt.encode(claims(aud="powersync", iss="elsewhere"), rsa_key, algorithm="RS256")
+        assert error_of(other_issuer).code == "PSYNC_S2101"
+        ok = jwt.encode(claims(aud="powersync", iss="https://idp.example"), rsa_key, algorithm="RS256")
+        assert verify_token(ok).user_id == "user-1"
+        assert "powersync_django.E013" not in _check_ids(PUBLIC_KEYS=[pem(rsa_key)], AUDIENCE="powersync")
+    # Explicitly disabled: documented opt-out for a key set no other application uses.
+    with override_settings(POWERSYNC={"JWT": {"PUBLIC_KEYS": [pem(rsa_key)], "VERIFY_AUDIENCE": False}}):
+        assert verify_token(foreign).user_id == "user-1"
+        assert "powersync_django.E013" not in _check_ids(PUBLIC_KEYS=[pem(rsa_key)], VERIFY_AUDIENCE=False)
+
+
+def test_jwks_without_audience_is_a_check_error() -> None:
+    assert "powersync_django.E013" in _check_ids(JWKS_URL=JWKS_URL)
+    assert "powersync_django.E013" not in _check_ids(JWKS_URL=JWKS_URL, AUDIENCE=["a", "b"])
+    # A shared secret alone does not need an audience.
+    assert "powersync_django.E013" not in _check_ids(SECRET=SECRET)
+
+
+def test_short_hs256_secret_warns() -> None:
+    assert "powersync_django.W014" in _check_ids(SECRET="too-short-secret")
+    assert "powersync_django.W014" not in _check_ids(SECRET="x" * 32)
+
+
+def test_token_naming_unknown_kid_is_rejected(rsa_key: rsa.RSAPrivateKey) -> None:
+    with jwt_settings(SECRET=SECRET, KID="dev"):
+        assert verify_token(hs256(claims(), headers={"kid": "dev"}))
+        assert verify_token(hs256(claims()))
+        assert error_of(hs256(claims(), headers={"kid": "other"})).status == 401
+    # A secret configured without a kid verifies no token that names one.
+    with jwt_settings(SECRET=SECRET):
+        assert error_of(hs256(claims(), headers={"kid": "whatever"})).code == "PSYNC_S2101"
+    with jwt_settings(PUBLIC_KEYS=[pem(rsa_key)]):
+        assert verify_token(jwt.encode(claims(), rsa_key, algorithm="RS256"))
+        err = error_of(jwt.encode(claims(), rsa_key, algorithm="RS256", headers={"kid": "unknown"}))
+        assert (err.code, err.status) == ("PSYNC_S2101", 401)
+
+
+@jwt_settings(SECRET=SECRET)
+def test_sub_is_bounded() -> None:
+    assert verify_token(hs256(claims(sub="u" * auth.MAX_SUB_LENGTH))).user_id == "u" * auth.MAX_SUB_LENGTH
+    assert error_of(hs256(claims(sub="u" * (auth.MAX_SUB_LENGTH + 1)))).code == "PSYNC_S2101"
+    assert error_of(hs256(claims(sub="a\x00b"))).code == "PSYNC_S2101"

@@ -293,13 +293,14 @@ def test_write_checkpoint_is_replicated_only_after_replication():
     lst = TodoList.objects.create(name="a", owner_id="u1")
     assert storage.create_write_checkpoint("u1", "c1") == 1
     assert storage.create_write_checkpoint("u1", "c1") == 2
-    wc = WriteCheckpoint.objects.get(key="u1/c1")
+    key = storage.write_checkpoint_key("u1", "c1")
+    wc = WriteCheckpoint.objects.get(key=key)
     assert (wc.issued, wc.replicated) == (2, 0)
-    assert storage.replicated_write_checkpoint("u1/c1") == 0
+    assert storage.replicated_write_checkpoint(key) == 0
     replicate_now()
-    assert storage.replicated_write_checkpoint("u1/c1") == 2
+    assert storage.replicated_write_checkpoint(key) == 2
     cp = Checkpoint.objects.latest("id")
-    assert orjson.loads(cp.write_checkpoints) == ["u1/c1"]
+    assert orjson.loads(cp.write_checkpoints) == [key]
     # The checkpoint that reports the write checkpoint contains the change made before it.
     assert BucketOp.objects.filter(object_id=str(lst.pk), op_id__lte=cp.last_op_id).exists()
     assert not OutboxEntry.objects.exists()
@@ -312,9 +313,10 @@ def test_write_checkpoint_never_goes_back():
     storage.create_write_checkpoint("u1", None)
     replicate_now()
     # A stale marker (lower counter) arriving later must not lower the reported value.
-    OutboxEntry.objects.create(model="", object_pk="u1", op=OutboxEntry.MARKER, snapshot="1")
+    key = storage.write_checkpoint_key("u1", None)
+    OutboxEntry.objects.create(model="", object_pk=key, op=OutboxEntry.MARKER, snapshot="1")
     replicate_now()
-    assert storage.replicated_write_checkpoint("u1") == 2
+    assert storage.replicated_write_checkpoint(key) == 2
 
 
 # --- crash injection ---------------------------------------------------------------------------------
@@ -400,7 +402,7 @@ def test_crash_inside_a_batch_loses_and_duplicates_nothing(monkeypatch, point, a
     assert ops_of(todos[0].pk)[-2:] == [("PUT", todos_bucket(a)), ("PUT", todos_bucket(a))]
     assert ops_of(todos[1].pk) == [("PUT", todos_bucket(a)), ("PUT", todos_bucket(b)), ("REMOVE", todos_bucket(a))]
     assert ops_of(a.pk) == [("PUT", lists_bucket("u1")), ("PUT", lists_bucket("u3")), ("REMOVE", lists_bucket("u1"))]
-    assert storage.replicated_write_checkpoint("u1/c") == 1
+    assert storage.replicated_write_checkpoint(storage.write_checkpoint_key("u1", "c")) == 1
     assert BucketOp.objects.count() == 6 + 6
 
 
@@ -417,7 +419,7 @@ def test_crash_during_a_build_loses_nothing(monkeypatch, point):
     replicate_now()
     check_storage()
     assert state().rules_version == 1 and BucketOp.objects.count() == 6
-    assert storage.replicated_write_checkpoint("u1/c") == 1
+    assert storage.replicated_write_checkpoint(storage.write_checkpoint_key("u1", "c")) == 1
 
 
 # --- lease ---------------------------------------------------------------------------------------
@@ -541,8 +543,9 @@ def test_build_applies_pending_write_checkpoints():
     make_changes()
     storage.create_write_checkpoint("u1", "c")
     replicate_now()
-    assert storage.replicated_write_checkpoint("u1/c") == 1
-    assert orjson.loads(Checkpoint.objects.latest("id").write_checkpoints) == ["u1/c"]
+    key = storage.write_checkpoint_key("u1", "c")
+    assert storage.replicated_write_checkpoint(key) == 1
+    assert orjson.loads(Checkpoint.objects.latest("id").write_checkpoints) == [key]
 
 
 # --- batches -------------------------------------------------------------------------------------

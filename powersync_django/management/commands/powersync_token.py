@@ -46,6 +46,24 @@ class Command(BaseCommand):
             help="Extra claim; the value is parsed as JSON when valid, e.g. --claim 'parameters={\"team\":1}'.",
         )
 
+    def _warn_unknown_user(self, user_id: str) -> None:
+        """Uploads resolve the token's sub to a Django user: say so when this one names none (e.g. a username)."""
+        from ...auth import TokenClaims
+        from ...conf import get_config
+        from ...users import AuthError, resolve_user
+
+        field = get_config()["UPLOAD"]["USER_LOOKUP_FIELD"]
+        if field is None:
+            return
+        try:
+            resolve_user(TokenClaims(user_id=user_id, expires_at=0, claims={"sub": user_id}))
+        except AuthError as exc:
+            self.stderr.write(self.style.WARNING(
+                f"Warning: {exc.detail or exc.description}. Uploads with this token are rejected (401): the "
+                f"token's sub must be the user's {field} (POWERSYNC['UPLOAD']['USER_LOOKUP_FIELD'])."))
+        except Exception:  # no database (yet), or not allowed here: the check is advisory only
+            pass
+
     def handle(self, *args: Any, **options: Any) -> None:
         claims = dict(parse_claim(text) for text in options["claim"])
         try:
@@ -53,5 +71,6 @@ class Command(BaseCommand):
         except (ImproperlyConfigured, ValueError) as exc:
             raise CommandError(str(exc)) from exc
         if options["verbosity"] >= 1:
+            self._warn_unknown_user(options["user_id"])
             self.stderr.write(f"PowerSync token for user {options['user_id']!r}:")
         self.stdout.write(token)

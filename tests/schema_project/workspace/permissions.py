@@ -1,25 +1,25 @@
-"""Upload rules of the second test project: write your own documents; projects of your teams."""
+"""Upload rules of the second test project: write your own documents; projects of your teams.
+
+Hooks get the Django user named by the token's ``sub`` (``UPLOAD['USER_LOOKUP_FIELD']`` defaults to the
+primary key), so integer foreign keys to ``auth.User`` compare directly with ``user.pk``.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
 
+from django.contrib.auth.models import User
+
 from .models import Document, Membership, Project
 
 
-def _user_pk(user: Any) -> str:
-    return str(getattr(user, "user_id", None) or getattr(user, "pk", ""))
-
-
-def can_write_document(user: Any, op: str, instance: Document | None, data: Mapping[str, Any]) -> bool:
-    if instance is not None and str(instance.owner_id) != _user_pk(user):
+def can_write_document(user: User, op: str, instance: Document | None, data: Mapping[str, Any]) -> bool:
+    if instance is not None and instance.owner_id != user.pk:
         return False
-    owner = data.get("owner") or data.get("owner_id")
-    return owner is None or str(getattr(owner, "pk", owner)) == _user_pk(user)
+    return data.get("owner_id", user.pk) == user.pk
 
 
-def can_write_project(user: Any, op: str, instance: Project | None, data: Mapping[str, Any]) -> bool:
-    team = data.get("team") or data.get("team_id") or (instance.team_id if instance else None)
-    team_id = getattr(team, "pk", team)
-    return Membership.objects.filter(team_id=team_id, user_id=_user_pk(user)).exists()
+def can_write_project(user: User, op: str, instance: Project | None, data: Mapping[str, Any]) -> bool:
+    team_id = data.get("team_id") or (instance.team_id if instance else None)
+    return Membership.objects.filter(team_id=team_id, user=user).exists()
