@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
 
-.PHONY: demo test install lint test-sqlite test-postgres e2e-deps bench
+.PHONY: demo demo-web test install lint test-sqlite test-postgres e2e-deps bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,11 +17,19 @@ install: $(VENV)/.installed
 e2e-deps:
 	cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error
 
-demo: install
+# The demo's web app (demo_project/frontend): npm packages from package-lock.json, the client schema generated
+# from the bucket definitions, then the Vite build into demo_project/todos/static/todos/app/.
+DEMO_WEB := demo_project/frontend
+
+demo-web: install
+	cd $(DEMO_WEB) && npm ci --no-audit --no-fund --loglevel=error
+	$(PY) manage.py powersync_schema --lang ts --out $(DEMO_WEB)/src/schema.ts
+	cd $(DEMO_WEB) && npm run --silent build -- --logLevel warn
+
+demo: install demo-web
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py demo_seed --owner demo --lists 3 --todos-per-list 5 --if-empty
-	@echo "A token for user 'demo' (paste into your app's fetchCredentials):"
-	@$(PY) manage.py powersync_token demo --ttl 86400 2>/dev/null | tail -n 1
+	$(PY) manage.py demo_seed --user demo --password demo --lists 3 --todos-per-list 5 --if-empty
+	@echo "Open http://127.0.0.1:8000/ and log in as demo / demo (a token for your own client: /api/token)."
 	$(PY) manage.py runserver 127.0.0.1:8000
 
 lint: install

@@ -68,19 +68,22 @@ function select(id) {
   render();
 }
 
+/** The selected list, or the first one (a list just added may not be in the live query's result yet). */
+function currentList() {
+  return state.lists.find((l) => l.id === state.selected) ?? state.lists[0];
+}
+
 function render() {
-  if (state.selected && !state.lists.some((l) => l.id === state.selected)) state.selected = null;
-  if (!state.selected && state.lists.length) state.selected = state.lists[0].id;
+  const current = currentList();
 
   $('#lists').replaceChildren(...state.lists.map((list) => el('li',
-    { class: list.id === state.selected ? 'list selected' : 'list', 'data-testid': 'list', 'data-id': list.id },
+    { class: list === current ? 'list selected' : 'list', 'data-testid': 'list', 'data-id': list.id },
     el('button', { class: 'list-name', onclick: () => select(list.id) }, list.name),
     el('span', { class: 'count', title: 'done / all' }, `${list.done ?? 0}/${list.total}`),
     el('button', { class: 'delete', title: 'Delete list', 'aria-label': `Delete list ${list.name}`,
       onclick: () => deleteList(list.id) }, '×'))));
   $('#no-lists').hidden = state.lists.length > 0;
 
-  const current = state.lists.find((l) => l.id === state.selected);
   $('#todo-pane').hidden = !current;
   if (!current) return;
   $('#list-title').textContent = current.name;
@@ -135,7 +138,8 @@ $('#new-list').addEventListener('submit', (event) => {
 $('#new-todo').addEventListener('submit', (event) => {
   event.preventDefault();
   const input = event.target.elements.description;
-  if (input.value.trim() && state.selected) addTodo(state.selected, input.value.trim());
+  const current = currentList();
+  if (input.value.trim() && current) addTodo(current.id, input.value.trim());
   input.value = '';
 });
 

@@ -10,9 +10,8 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DEFAULT_DB_ALIAS
 
-from powersync_django.tokens import token_subject
-
 from powersync_django.replication import replicate_now
+from powersync_django.tokens import token_subject
 
 from ...models import TodoList
 from ...seed import seed
