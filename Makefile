@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+DEMO_ADDR ?= 127.0.0.1:8000
 
 .PHONY: demo demo-web test install lint test-sqlite test-postgres e2e-deps bench
 
@@ -29,8 +30,8 @@ demo-web: install
 demo: install demo-web
 	$(PY) manage.py migrate --noinput
 	$(PY) manage.py demo_seed --user demo --password demo --lists 3 --todos-per-list 5 --if-empty
-	@echo "Open http://127.0.0.1:8000/ and log in as demo / demo (a token for your own client: /api/token)."
-	$(PY) manage.py runserver 127.0.0.1:8000
+	@echo "Open http://$(DEMO_ADDR)/ and log in as demo / demo (a token for your own client: /api/token)."
+	$(PY) manage.py runserver $(DEMO_ADDR)
 
 lint: install
 	$(VENV)/bin/ruff check .
