@@ -142,11 +142,17 @@ def test_offline_edits_reach_the_other_device_and_the_database_when_back_online(
     assert server.orm(f"result = list(Todo.objects.filter(list__owner_id={sub!r})"
                       f".values_list('description', 'completed'))") == [["passport", False]]
     expect(todo(phone, "written offline")).to_have_count(0)
+    # Nor does anything arrive while offline: the phone's edit waits on the server.
+    add_todo(phone, "from the phone")
+    wait_for_server(server, "result = Todo.objects.filter(description='from the phone').count()", 1)
+    assert laptop.evaluate("window.powersync.currentStatus.connected") is False
+    expect(todo(laptop, "from the phone")).to_have_count(0)
 
     laptop.context.set_offline(False)
     wait_for_server(server, f"result = sorted(Todo.objects.filter(list__owner_id={sub!r})"
                             f".values_list('description', 'completed'))",
-                    [["passport", True], ["written offline", False]])
+                    [["from the phone", False], ["passport", True], ["written offline", False]])
+    expect(todo(laptop, "from the phone")).to_be_visible(timeout=WAIT_MS)
     expect(todo(phone, "written offline")).to_be_visible(timeout=WAIT_MS)
     expect(todo(phone, "passport").locator("input[type=checkbox]")).to_be_checked(timeout=WAIT_MS)
     expect(laptop.get_by_test_id("offline-badge")).to_be_hidden(timeout=WAIT_MS)
