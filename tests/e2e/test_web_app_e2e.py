@@ -181,3 +181,13 @@ def test_a_second_user_sees_nothing_of_the_first_users_lists(server, new_user, d
     expect(first_page.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced", timeout=WAIT_MS)
     assert [r["name"] for r in local_rows(first_page, "SELECT name FROM lists ORDER BY created_at")] == [
         "List 1", "List 2", "Marker"]
+
+
+def test_log_out_ends_the_session(server, new_user, device):
+    username, _ = new_user()
+    page = device(username)
+    page.click("#logout button")  # the app clears its local database, then posts the form
+    page.wait_for_url(f"{server.url}/accounts/login/")
+    assert page.request.get(f"{server.url}/api/token").status == 401
+    page.goto(f"{server.url}/")
+    page.wait_for_url(f"{server.url}/accounts/login/?next=/")
