@@ -121,6 +121,12 @@ def test_two_devices_of_one_user_see_each_others_edits_live(server, new_user, de
         expect(page.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced", timeout=WAIT_MS)
         expect(page.get_by_test_id("offline-badge")).to_be_hidden()
 
+    phone.get_by_test_id("list").filter(has_text="Groceries").locator(".delete").click()
+    expect(laptop.get_by_test_id("list")).to_have_count(0, timeout=WAIT_MS)
+    expect(laptop.locator("#no-lists")).to_be_visible()
+    wait_for_server(server, f"result = [TodoList.objects.filter(owner_id={sub!r}).count(), "
+                            f"Todo.objects.filter(created_by={sub!r}).count()]", [0, 0])
+
 
 def test_offline_edits_reach_the_other_device_and_the_database_when_back_online(server, new_user, device):
     username, sub = new_user()
