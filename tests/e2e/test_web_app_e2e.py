@@ -17,6 +17,7 @@ from web_app import ensure_web_build, launch_chromium
 
 PASSWORD = "correct horse battery staple"
 WAIT_MS = 30_000  # the longest any expectation waits (first sync includes loading the WASM database)
+expect.set_options()  # also for local renders: CI machines can be slow
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +56,7 @@ def device(browser: Browser, server) -> Iterator[Callable[[str], Page]]:
         page.fill("input[name=password]", PASSWORD)
         page.click("form button[type=submit]")
         page.wait_for_url(f"{server.url}/")
-        expect(page.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced", timeout=WAIT_MS)
+        expect(page.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced")
         return page
 
     yield open_app
@@ -100,17 +101,17 @@ def test_two_devices_of_one_user_see_each_others_edits_live(server, new_user, de
     username, sub = new_user()
     laptop, phone = device(username), device(username)
     add_list(laptop, "Groceries")
-    expect(phone.get_by_test_id("list").filter(has_text="Groceries")).to_be_visible(timeout=WAIT_MS)
+    expect(phone.get_by_test_id("list").filter(has_text="Groceries")).to_be_visible()
     select_list(phone, "Groceries")
     add_todo(phone, "oat milk")
     add_todo(phone, "apples")
-    expect(todo(laptop, "oat milk")).to_be_visible(timeout=WAIT_MS)
-    expect(todo(laptop, "apples")).to_be_visible(timeout=WAIT_MS)
+    expect(todo(laptop, "oat milk")).to_be_visible()
+    expect(todo(laptop, "apples")).to_be_visible()
 
     todo(laptop, "oat milk").locator("input[type=checkbox]").check()
-    expect(todo(phone, "oat milk").locator("input[type=checkbox]")).to_be_checked(timeout=WAIT_MS)
+    expect(todo(phone, "oat milk").locator("input[type=checkbox]")).to_be_checked()
     todo(phone, "apples").locator(".delete").click()
-    expect(todo(laptop, "apples")).to_have_count(0, timeout=WAIT_MS)
+    expect(todo(laptop, "apples")).to_have_count(0)
     expect(laptop.get_by_test_id("list").filter(has_text="Groceries").locator(".count")).to_have_text("1/1")
 
     # The server holds what both devices show, owned by the token's subject (the user's primary key).
@@ -118,11 +119,11 @@ def test_two_devices_of_one_user_see_each_others_edits_live(server, new_user, de
                             f"for t in Todo.objects.filter(list__owner_id={sub!r}))",
                     [["oat milk", True, sub, sub]])
     for page in (laptop, phone):
-        expect(page.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced", timeout=WAIT_MS)
+        expect(page.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced")
         expect(page.get_by_test_id("offline-badge")).to_be_hidden()
 
     phone.get_by_test_id("list").filter(has_text="Groceries").locator(".delete").click()
-    expect(laptop.get_by_test_id("list")).to_have_count(0, timeout=WAIT_MS)
+    expect(laptop.get_by_test_id("list")).to_have_count(0)
     expect(laptop.locator("#no-lists")).to_be_visible()
     wait_for_server(server, f"result = [TodoList.objects.filter(owner_id={sub!r}).count(), "
                             f"Todo.objects.filter(created_by={sub!r}).count()]", [0, 0])
@@ -133,17 +134,17 @@ def test_offline_edits_reach_the_other_device_and_the_database_when_back_online(
     laptop, phone = device(username), device(username)
     add_list(laptop, "Trip")
     add_todo(laptop, "passport")
-    expect(todo(phone, "passport")).to_be_visible(timeout=WAIT_MS)
+    expect(todo(phone, "passport")).to_be_visible()
     wait_for_server(server, f"result = list(Todo.objects.filter(list__owner_id={sub!r})"
                             f".values_list('description', flat=True))", ["passport"])
 
     laptop.context.set_offline(True)
-    expect(laptop.get_by_test_id("offline-badge")).to_be_visible(timeout=WAIT_MS)
+    expect(laptop.get_by_test_id("offline-badge")).to_be_visible()
     add_todo(laptop, "written offline")
     todo(laptop, "passport").locator("input[type=checkbox]").check()
     # Shown at once from the local database, queued for upload.
     expect(todo(laptop, "written offline")).to_be_visible()
-    expect(laptop.get_by_test_id("pending")).to_have_text("2 changes waiting to upload", timeout=WAIT_MS)
+    expect(laptop.get_by_test_id("pending")).to_have_text("2 changes waiting to upload")
     assert laptop.evaluate("async () => (await window.powersync.getUploadQueueStats()).count") == 2
     assert server.orm(f"result = list(Todo.objects.filter(list__owner_id={sub!r})"
                       f".values_list('description', 'completed'))") == [["passport", False]]
@@ -158,12 +159,12 @@ def test_offline_edits_reach_the_other_device_and_the_database_when_back_online(
     wait_for_server(server, f"result = sorted(Todo.objects.filter(list__owner_id={sub!r})"
                             f".values_list('description', 'completed'))",
                     [["from the phone", False], ["passport", True], ["written offline", False]])
-    expect(todo(laptop, "from the phone")).to_be_visible(timeout=WAIT_MS)
-    expect(todo(phone, "written offline")).to_be_visible(timeout=WAIT_MS)
-    expect(todo(phone, "passport").locator("input[type=checkbox]")).to_be_checked(timeout=WAIT_MS)
-    expect(laptop.get_by_test_id("offline-badge")).to_be_hidden(timeout=WAIT_MS)
-    expect(laptop.get_by_test_id("pending")).to_be_hidden(timeout=WAIT_MS)
-    expect(laptop.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced", timeout=WAIT_MS)
+    expect(todo(laptop, "from the phone")).to_be_visible()
+    expect(todo(phone, "written offline")).to_be_visible()
+    expect(todo(phone, "passport").locator("input[type=checkbox]")).to_be_checked()
+    expect(laptop.get_by_test_id("offline-badge")).to_be_hidden()
+    expect(laptop.get_by_test_id("pending")).to_be_hidden()
+    expect(laptop.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced")
 
 
 def test_a_second_user_sees_nothing_of_the_first_users_lists(server, new_user, device):
@@ -184,7 +185,7 @@ def test_a_second_user_sees_nothing_of_the_first_users_lists(server, new_user, d
                     [second_sub])
     add_list(first_page, "Marker")  # a round trip on the first device after the second user's write
     wait_for_server(server, "result = TodoList.objects.filter(name='Marker').count()", 1)
-    expect(first_page.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced", timeout=WAIT_MS)
+    expect(first_page.get_by_test_id("sync-status")).to_have_attribute("data-state", "synced")
     assert [r["name"] for r in local_rows(first_page, "SELECT name FROM lists ORDER BY created_at")] == [
         "List 1", "List 2", "Marker"]
 
