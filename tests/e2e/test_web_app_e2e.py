@@ -17,7 +17,7 @@ from web_app import ensure_web_build, launch_chromium
 
 PASSWORD = "correct horse battery staple"
 WAIT_MS = 30_000  # the longest any expectation waits (first sync includes loading the WASM database)
-expect.set_options()  # also for local renders: CI machines can be slow
+expect.set_options(timeout=WAIT_MS)  # also for local renders: CI machines can be slow
 
 
 @pytest.fixture(scope="module")
