@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PG_URL ?= postgres://postgres@127.0.0.1:5432/test
+DEMO_ADDR ?= 127.0.0.1:8000
 
-.PHONY: demo test install lint test-sqlite test-postgres e2e-deps bench bench-servers
+.PHONY: demo demo-web test install lint test-sqlite test-postgres e2e-deps browser-deps bench bench-servers
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,12 +18,20 @@ install: $(VENV)/.installed
 e2e-deps:
 	cd tests/e2e && npm ci --no-audit --no-fund --loglevel=error
 
-demo: install
+# The demo's web app (demo_project/frontend): npm packages from package-lock.json, the client schema generated
+# from the bucket definitions, then the Vite build into demo_project/todos/static/todos/app/.
+DEMO_WEB := demo_project/frontend
+
+demo-web: install
+	cd $(DEMO_WEB) && npm ci --no-audit --no-fund --loglevel=error
+	$(PY) manage.py powersync_schema --lang ts --out $(DEMO_WEB)/src/schema.ts
+	cd $(DEMO_WEB) && npm run --silent build -- --logLevel warn
+
+demo: install demo-web
 	$(PY) manage.py migrate --noinput
-	$(PY) manage.py demo_seed --owner demo --lists 3 --todos-per-list 5 --if-empty
-	@echo "A token for user 'demo' (paste into your app's fetchCredentials):"
-	@$(PY) manage.py powersync_token demo --ttl 86400 2>/dev/null | tail -n 1
-	$(PY) manage.py runserver 127.0.0.1:8000
+	$(PY) manage.py demo_seed --user demo --password demo --lists 3 --todos-per-list 5 --if-empty
+	@echo "Open http://$(DEMO_ADDR)/ and log in as demo / demo (a token for your own client: /api/token)."
+	$(PY) manage.py runserver $(DEMO_ADDR)
 
 lint: install
 	$(VENV)/bin/ruff check .
@@ -38,7 +47,12 @@ test-postgres: install
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest
 	DATABASE_URL=$(PG_URL) $(PY) -m pytest $(SCHEMA_TESTS)
 
-test: lint test-sqlite test-postgres
+# The demo web app's browser test drives Debian's Chromium (never a browser download of Playwright's).
+browser-deps:
+	@test -x /usr/bin/chromium || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+		|| (echo "The browser test needs Debian's chromium: apt-get install chromium (as root)"; exit 1)
+
+test: lint browser-deps test-sqlite test-postgres
 
 bench: install
 	$(PY) bench/initial_sync.py
