@@ -206,7 +206,8 @@ class SyncSession:
             return None, None, []
         target = max(changes.last_id, self.checkpoint_id)
         # Buckets of an interrupted checkpoint still owed data: read at this one, sent with its data.
-        owed = [b for b in sorted(self.unfinished) if b in entitled and b not in set(candidates)]
+        listed = set(candidates)
+        owed = [b for b in sorted(self.unfinished) if b in entitled and b not in listed]
         state = await storage.run(storage.read_checkpoint, candidates + owed, self.using,
                                   at=None if changes.buckets is None else target,
                                   wc_key=self.wc_key if wc_touched else None)

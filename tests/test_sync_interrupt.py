@@ -29,12 +29,13 @@ PAGE = 100
 PARTS = 3
 
 
-def settings_with_parts() -> dict:
+def settings_with_parts(priorities: tuple[int, ...] = (3,) * PARTS) -> dict:
     buckets = {
         f"part{n}": {
             "parameters": {"created_by": "token.sub"},
             "data": [{"model": "todos.Todo", "table": "todos",
                       "filter": {"created_by": "bucket.created_by", "description__startswith": f"{n}."}}],
+            "priority": priorities[n],
         }
         for n in range(PARTS)
     }
@@ -168,3 +169,49 @@ def test_fewer_ops_than_the_threshold_complete_the_current_checkpoint_first(usin
     client = ClientModel()
     assert not any(client.apply(line) for line in lines)
     assert client.mismatches == [] and client.completed == 2
+
+
+def test_interrupted_after_a_partial_checkpoint_the_new_one_completes_its_priorities_again(using):  # noqa: F811
+    with override_settings(POWERSYNC=settings_with_parts((0, 3, 3))):
+        lst = make_todos(using, "u1", 1000)
+
+        async def run():
+            session = SyncSession(claims("u1"), SyncRequest(), using=using)
+            await session.prepare()
+            gen = session.lines()
+            lines = [await next_line(gen)]
+            while sum(map(ops_in, lines)) < 1200:  # priority 0 done, part 1 begun
+                lines.append(await next_line(gen))
+
+            def change():
+                for part in (0, 2):
+                    Todo.objects.using(using).create(list=lst, description=f"{part}.added", created_by="u1")
+
+            await commit_and_wait(session, change)
+            interrupted_at = len(lines)
+            while "checkpoint_complete" not in lines[-1]:
+                lines.append(await next_line(gen))
+            await gen.aclose()
+            return lines, interrupted_at
+
+        lines, interrupted_at = asyncio.run(run())
+
+    kinds = [next(iter(line)) for line in lines]
+    assert kinds[:12] == ["checkpoint"] + ["data"] * 10 + ["partial_checkpoint_complete"]
+    assert kinds[interrupted_at] == "checkpoint_diff"
+    diff = lines[interrupted_at]["checkpoint_diff"]
+    assert sorted(b["bucket"] for b in diff["updated_buckets"]) == [bucket(0), bucket(2)]
+    after = lines[interrupted_at + 1:]
+    # The new checkpoint: priority 0's new op, its partial completion, then the rest from where it stopped.
+    assert [next(iter(line)) for line in after[:2]] == ["data", "partial_checkpoint_complete"]
+    sent_before = [line["data"] for line in lines[:interrupted_at] if "data" in line]
+    reached = {page["bucket"]: page["next_after"] for page in sent_before}
+    assert after[0]["data"]["bucket"] == bucket(0) and after[0]["data"]["after"] == reached[bucket(0)]
+    assert after[1]["partial_checkpoint_complete"] == {"last_op_id": diff["last_op_id"], "priority": 0}
+    assert after[2]["data"]["bucket"] == bucket(1) and after[2]["data"]["after"] == reached[bucket(1)]
+    assert lines[-1]["checkpoint_complete"]["last_op_id"] == diff["last_op_id"]
+    client = ClientModel()
+    assert not any(client.apply(line) for line in lines)
+    assert client.mismatches == [] and client.completed == 1
+    sent = [(line["data"]["bucket"], op["op_id"]) for line in lines if "data" in line for op in line["data"]["data"]]
+    assert len(sent) == len(set(sent)) == PARTS * 1000 + 2
