@@ -26,7 +26,6 @@ from rest_framework.views import APIView, set_rollback
 from . import upload as uploads
 from .auth import PSYNC_S2106, AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
-from .protocol import MAX_OP_ID
 from .views import cors, server_error
 
 try:
@@ -338,6 +337,8 @@ def write_checkpoint_schema_hook(result: dict[str, Any], generator: Any, request
 
 def _describe_checkpoint_request(result: dict[str, Any], error: dict[str, Any]) -> None:
     """``POST sync/checkpoint-request`` (checkpoint requests, the SDK's ``checkpointMode: 'requests'``)."""
+    from .protocol import MAX_OP_ID
+
     path = _mounted_path("powersync:checkpoint-request", "/sync/checkpoint-request")
     request_id = {"oneOf": [{"type": "string", "pattern": "^[0-9]{1,19}$"},
                             {"type": "integer", "minimum": 1, "maximum": MAX_OP_ID}]}
