@@ -327,4 +327,48 @@ def write_checkpoint_schema_hook(result: dict[str, Any], generator: Any, request
                     "content": error},
         },
     }}
+    _describe_checkpoint_request(result, error)
     return result
+
+
+def _describe_checkpoint_request(result: dict[str, Any], error: dict[str, Any]) -> None:
+    """``POST sync/checkpoint-request`` (checkpoint requests, the SDK's ``checkpointMode: 'requests'``)."""
+    from .protocol import MAX_OP_ID
+
+    path = _mounted_path("powersync:checkpoint-request", "/sync/checkpoint-request")
+    request_id = {"oneOf": [{"type": "string", "pattern": "^[0-9]{1,19}$"},
+                            {"type": "integer", "minimum": 1, "maximum": MAX_OP_ID}]}
+    result["components"]["schemas"].setdefault("PowerSyncCheckpointRequest", {
+        "type": "object", "required": ["client_id", "checkpoint_request_id"],
+        "properties": {"client_id": {"type": "string", "maxLength": 200},
+                       "checkpoint_request_id": {**request_id, "description": f"1 to {MAX_OP_ID}."}},
+    })
+    result["components"]["schemas"].setdefault("PowerSyncCheckpointRequestAck", {
+        "type": "object", "required": ["data"],
+        "properties": {"data": {"type": "object", "required": ["checkpoint_request_id"], "properties": {
+            "checkpoint_request_id": {"type": "string", "description": "The stored id: max(stored, supplied)."},
+        }}},
+    })
+    result["paths"][path] = {"post": {
+        "operationId": "powersync_checkpoint_request",
+        "summary": "Request a checkpoint",
+        "description": (
+            "Stores the client's checkpoint request id (the larger of the stored and the supplied one). A sync "
+            "stream reports it in `write_checkpoint` once the checkpoint contains every change committed before "
+            "this call. Ids share the counter of write-checkpoint2.json for the same user and client."
+        ),
+        "tags": ["powersync"],
+        "requestBody": {"required": True, "content": {"application/json": {
+            "schema": {"$ref": "#/components/schemas/PowerSyncCheckpointRequest"}}}},
+        "security": [{SECURITY_SCHEME: []}],
+        "responses": {
+            "200": {"description": "", "content": {"application/json": {
+                "schema": {"$ref": "#/components/schemas/PowerSyncCheckpointRequestAck"}}}},
+            "400": {"description": "Invalid body.", "content": error},
+            "401": {"description": "Missing or invalid token.", "content": error},
+            "413": {"description": "Body too large.", "content": error},
+            "500": {"description": "Unexpected server error (PSYNC_S2001).", "content": error},
+            "503": {"description": "The database is busy (PSYNC_S2003); retry after `Retry-After` seconds.",
+                    "content": error},
+        },
+    }}

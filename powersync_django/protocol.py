@@ -148,6 +148,34 @@ def parse_json_request(raw: bytes) -> SyncRequest:
     return parse_request(body)
 
 
+def parse_checkpoint_request(raw: bytes) -> tuple[str | None, int]:
+    """``(client_id, checkpoint_request_id)`` of a ``/sync/checkpoint-request`` body (protocol.md §11.5).
+
+    ``client_id``: a string of at most 200 characters (empty: no client). ``checkpoint_request_id``: 1 to
+    2**63-1, as a decimal string or a JSON integer. Unknown fields are ignored.
+    """
+    try:
+        body = orjson.loads(raw) if raw.strip() else None
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError("Request body is not valid JSON", details=str(exc)[:200]) from None
+    if not isinstance(body, Mapping):
+        raise ProtocolError("Request body must be a JSON object")
+    client_id = body.get("client_id")
+    if not isinstance(client_id, str) or len(client_id) > 200:
+        raise ProtocolError("'client_id' must be a string of at most 200 characters")
+    value = body.get("checkpoint_request_id")
+    if isinstance(value, str) and value.isascii() and value.isdigit() and len(value) <= 19:
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise ProtocolError("'checkpoint_request_id' must be a decimal string or an integer",
+                            details=f"got {str(value)[:40]!r}")
+    if not 1 <= number <= MAX_OP_ID:
+        raise ProtocolError(f"'checkpoint_request_id' must be between 1 and {MAX_OP_ID}")
+    return client_id or None, number
+
+
 def prefers_bson(accept: str) -> bool:
     """Whether an ``Accept`` header prefers the BSON stream over NDJSON."""
     best: tuple[float, str] | None = None

@@ -262,3 +262,29 @@ def create_write_checkpoint(user_id: str, client_id: str | None, using: str = "d
         wc.save(using=using, update_fields=["issued", "updated_at"])
         write_entries([OutboxEntry(model="", object_pk=key, op=OutboxEntry.MARKER, snapshot=str(wc.issued))], using)
     return wc.issued
+
+
+def request_checkpoint(user_id: str, client_id: str | None, request_id: int, using: str = "default") -> int:
+    """Record checkpoint request ``request_id`` of ``user/client`` (``/sync/checkpoint-request``); return the
+    stored value, ``max(stored, request_id)``.
+
+    Requests share the counter of :func:`create_write_checkpoint` (one key, one ``write_checkpoint`` value on
+    the stream), as in the reference service: the client seeds its request counter from the answer, so a
+    client switching from write checkpoints to requests continues above the values it already saw. A new
+    (greater) id is stored with an outbox marker, exactly like a write checkpoint: it is reported once the
+    checkpoint contains every change committed before this call. A stale or repeated id changes nothing and
+    writes no marker (the stored value's own marker is already queued or replicated).
+    """
+    from .capture import write_entries
+
+    key = write_checkpoint_key(user_id, client_id)
+    with write_transaction(using):
+        wc, _ = WriteCheckpoint.objects.using(using).select_for_update().get_or_create(
+            key=key, defaults={"user_id": user_id, "client_id": client_id or ""}
+        )
+        if request_id <= wc.issued:
+            return wc.issued
+        wc.issued = request_id
+        wc.save(using=using, update_fields=["issued", "updated_at"])
+        write_entries([OutboxEntry(model="", object_pk=key, op=OutboxEntry.MARKER, snapshot=str(request_id))], using)
+    return request_id

@@ -16,6 +16,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 from django.core.exceptions import ValidationError as DjangoValidationError
@@ -37,6 +38,9 @@ PARAMETER_ERRORS = (DjangoValidationError, ValueError, TypeError, OverflowError,
 TOO_MANY_BUCKETS = "PSYNC_S2305"
 EXPIRY_WARNING_SECONDS = 20
 HUB_READY_SECONDS = 10
+# Ops sent for one checkpoint after which a newer checkpoint that changes something for the connection
+# interrupts it (protocol.md §6.8 item 6): its diff is sent and the data continues from the current positions.
+INTERRUPT_AFTER_OPS = 1000
 
 
 class SyncSession:
@@ -68,6 +72,9 @@ class SyncSession:
         self.cursor = 0
         # Checkpoint of the last checkpoint/checkpoint_diff line sent: the client's position after it.
         self.checkpoint_id = 0
+        # Buckets of that checkpoint whose data is not fully sent yet, and the ops sent for it so far.
+        self.unfinished: set[str] = set()
+        self.ops_sent = 0
         self.hub = None
 
     # --- setup ---------------------------------------------------------------------------------
@@ -138,9 +145,11 @@ class SyncSession:
         # Buckets the client holds but may not have: it deletes them when they are missing above.
         self.positions = {b: p for b, p in self.positions.items() if b in self.entitled}
         pending_recheck = False
-        async for out in self._send_data(state, list(self.entitled)):
+        async for out in self._checkpoint_data(state, list(self.entitled)):
             if out is _INVALIDATED:
                 pending_recheck = True
+            elif out is _ENDED:
+                return
             else:
                 yield out
 
@@ -176,9 +185,11 @@ class SyncSession:
             if line is None:
                 continue
             yield {"checkpoint_diff": line}
-            async for out in self._send_data(state, to_fetch):
+            async for out in self._checkpoint_data(state, to_fetch):
                 if out is _INVALIDATED:
                     pending_recheck = True
+                elif out is _ENDED:
+                    return
                 else:
                     yield out
 
@@ -218,7 +229,10 @@ class SyncSession:
         if not candidates and not set_changed and not wc_touched and not force:
             return None, None, []
         target = max(changes.last_id, self.checkpoint_id)
-        state = await storage.run(storage.read_checkpoint, candidates, self.using,
+        # Buckets of an interrupted checkpoint still owed data: read at this one, sent with its data.
+        listed = set(candidates)
+        owed = [b for b in sorted(self.unfinished) if b in entitled and b not in listed]
+        state = await storage.run(storage.read_checkpoint, candidates + owed, self.using,
                                   at=None if changes.buckets is None else target,
                                   wc_key=self.wc_key if wc_touched else None)
         if state.rules_version != self.version:
@@ -250,14 +264,44 @@ class SyncSession:
         line["updated_buckets"] = updated
         line["removed_buckets"] = removed
         # Also any bucket whose data for an earlier checkpoint was not (fully) sent, e.g. after an invalidated
-        # checkpoint: _send_data skips buckets the client already has up to their last op.
-        return line, state, candidates
+        # or interrupted checkpoint: _send_data skips buckets the client already has up to their last op.
+        return line, state, candidates + owed
+
+    async def _checkpoint_data(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[Any]:
+        """:meth:`_send_data` for a checkpoint just sent; when a newer checkpoint supersedes it, that one's
+        ``checkpoint_diff`` and its data instead (the superseded one is never completed)."""
+        while True:
+            superseded = None
+            async for out in self._send_data(state, buckets):
+                if isinstance(out, _Superseded):
+                    superseded = out
+                else:
+                    yield out
+            if superseded is None:
+                return
+            state, buckets = superseded.state, superseded.buckets
+            yield {"checkpoint_diff": superseded.line}
+
+    async def _superseding(self) -> Any:
+        """A newer checkpoint's diff (:class:`_Superseded`) if one arrived that changes something for this
+        connection and enough ops were sent for the current one; ``_ENDED`` if the definitions changed."""
+        if self.ops_sent < INTERRUPT_AFTER_OPS or self.hub.latest_id <= self.cursor:
+            return None
+        changes = self.hub.changes_since(self.cursor)
+        self.cursor = changes.last_id
+        diff = await self._diff(changes)
+        if diff is None:
+            return _ENDED
+        line, state, to_fetch = diff
+        return None if line is None else _Superseded(line, state, to_fetch)
 
     async def _send_data(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[Any]:
         """Data lines for ``buckets`` up to the checkpoint, by priority, then the completion line.
 
         Pages are read ahead by a producer task (at most two pages in memory), so database reads overlap
-        with encoding and sending.
+        with encoding and sending. Once ``INTERRUPT_AFTER_OPS`` ops were sent, a newer checkpoint that changes
+        something for this connection ends the data at a line boundary: the last item is then a
+        :class:`_Superseded` (or ``_ENDED``), and no completion line follows.
         """
         upto = state.last_op_id
         by_priority: dict[int, list[str]] = {}
@@ -265,11 +309,15 @@ class SyncSession:
             cs = state.buckets.get(b)
             if cs is not None and cs.last_op_id > self.positions.get(b, 0):
                 by_priority.setdefault(self.entitled[b][1], []).append(b)
+        self.unfinished = {b for group in by_priority.values() for b in group}
+        self.ops_sent = 0
         priorities = sorted(by_priority)
         for index, priority in enumerate(priorities):
             group = sorted(by_priority[priority])
             async for line in self._pages(state, group):
                 yield line
+                if isinstance(line, _Superseded) or line is _ENDED:
+                    return
             if index < len(priorities) - 1:
                 # The client validates every bucket of priority <= this one, with data sent or not.
                 if await self._compacted_past(state, [b for b in buckets if self.entitled[b][1] <= priority]):
@@ -290,7 +338,7 @@ class SyncSession:
             return False
         return await storage.run(storage.max_compacted_to, buckets, self.using) > state.last_op_id
 
-    async def _pages(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[dict[str, Any]]:
+    async def _pages(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[Any]:
         upto = state.last_op_id
         limit = self.config["OPS_PER_DATA_LINE"]
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
@@ -316,6 +364,12 @@ class SyncSession:
                 yield {"data": {"bucket": bucket, "after": str(after), "has_more": has_more,
                                 "data": [_entry(r) for r in rows], "next_after": str(next_after)}}
                 self.positions[bucket] = next_after
+                self.ops_sent += len(rows)
+                if not has_more:
+                    self.unfinished.discard(bucket)
+                if (superseding := await self._superseding()) is not None:
+                    yield superseding
+                    return
             await producer
         finally:
             if not producer.done():
@@ -324,6 +378,16 @@ class SyncSession:
 
 
 _INVALIDATED = object()
+_ENDED = object()  # the definitions changed while data was sent: the stream ends
+
+
+@dataclass(frozen=True)
+class _Superseded:
+    """A newer checkpoint's diff line, its state and the buckets to fetch for it."""
+
+    line: dict[str, Any]
+    state: storage.CheckpointState
+    buckets: list[str]
 
 
 def _entry(row: tuple) -> dict[str, Any]:

@@ -14,6 +14,7 @@ app_name = "powersync"
 urlpatterns = [
     path("sync/stream", views.sync_stream, name="sync-stream"),
     path("write-checkpoint2.json", views.write_checkpoint, name="write-checkpoint"),
+    path("sync/checkpoint-request", views.checkpoint_request, name="checkpoint-request"),
     path("api/upload", api.upload, name="upload"),
     path("api/token", tokens.token, name="token"),
     path("metrics", monitoring.metrics_view, name="metrics"),

@@ -1,4 +1,4 @@
-"""HTTP endpoints: the streaming sync view and write checkpoints. Thin: the work is in sync.py/storage.py."""
+"""HTTP endpoints: the streaming sync view, write checkpoints and checkpoint requests. Thin: the work is in sync.py/storage.py."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ from .protocol import (
     encode_bson,
     encode_ndjson,
     nest_row_data,
+    parse_checkpoint_request,
     parse_json_request,
     prefers_bson,
 )
@@ -212,3 +213,43 @@ async def write_checkpoint(request: HttpRequest) -> HttpResponse:
     except Overloaded as exc:
         return protocol_error_response(exc)
     return JsonResponse({"data": {"write_checkpoint": str(counter)}})
+
+
+# A checkpoint request body is two short fields.
+MAX_CHECKPOINT_REQUEST_BYTES = 4096
+
+
+@cors("POST")
+async def checkpoint_request(request: HttpRequest) -> HttpResponse:
+    """``POST /sync/checkpoint-request`` ``{"client_id", "checkpoint_request_id"}`` (protocol.md §11.5).
+
+    Answers ``{"data": {"checkpoint_request_id": "<stored>"}}``: the larger of the stored and the supplied id.
+    The id shares the write checkpoint counter of this user and client (:func:`storage.request_checkpoint`).
+    """
+    try:
+        claims = await authenticate(request)
+    except AuthError as exc:
+        return error_response(exc.as_json(), exc.status)
+    try:
+        if int(request.headers.get("Content-Length") or 0) > MAX_CHECKPOINT_REQUEST_BYTES:
+            raise ProtocolError("Request body too large", status=413)
+        body = request.body
+        if len(body) > MAX_CHECKPOINT_REQUEST_BYTES:
+            raise ProtocolError("Request body too large", status=413)
+        client_id, request_id = parse_checkpoint_request(body)
+        client_id = check_client_id(client_id)
+    except (ProtocolError, ValueError) as exc:
+        error = exc if isinstance(exc, ProtocolError) else ProtocolError("Malformed Content-Length header")
+        return error_response(error.as_json(), error.status)
+    try:
+        # Same budget as write-checkpoint2.json: both write a marker and wake every stream.
+        await asyncio.to_thread(ratelimit.check, "WRITE_CHECKPOINT", claims.user_id)
+    except ratelimit.RateLimited as exc:
+        response = error_response(exc.as_json(), exc.status)
+        response["Retry-After"] = str(exc.retry_after)
+        return response
+    try:
+        stored = await storage.run_write(storage.request_checkpoint, claims.user_id, client_id, request_id)
+    except Overloaded as exc:
+        return protocol_error_response(exc)
+    return JsonResponse({"data": {"checkpoint_request_id": str(stored)}})

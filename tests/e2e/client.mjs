@@ -483,6 +483,21 @@ const commands = {
     return { synced, elapsedMs: Date.now() - started, status: serializeStatus(status) };
   },
 
+  // db.requestCheckpoint() (needs connect with checkpointMode 'requests'), then its waitForSync(): resolves once
+  // a checkpoint containing every server change committed before the request is applied locally.
+  async requestCheckpoint({ timeoutMs = 15000 } = {}) {
+    const database = requireDb();
+    const request = await database.requestCheckpoint();
+    const controller = new AbortController();
+    const timer = setTimeout(() => controller.abort(new Error(`not synced within ${timeoutMs} ms`)), timeoutMs);
+    try {
+      await request.waitForSync({ signal: controller.signal });
+    } finally {
+      clearTimeout(timer);
+    }
+    return { requestId: String(request.requestId), hasSynced: request.hasSynced };
+  },
+
   async status() {
     return serializeStatus(requireDb().currentStatus);
   },

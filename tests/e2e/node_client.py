@@ -654,6 +654,11 @@ class NodeClient:
         """Log records of the core extension's checksum mismatch warning ("Checksums didn't match, ...")."""
         return self.logs(contains="checksums didn't match")
 
+    def request_checkpoint(self, timeout_ms: int = 15_000) -> dict[str, Any]:
+        """``db.requestCheckpoint()`` and its ``waitForSync()`` (connect with ``{"checkpointMode": "requests"}``):
+        returns ``{"requestId", "hasSynced"}`` once every server change committed before it is applied locally."""
+        return self.call("requestCheckpoint", {"timeoutMs": timeout_ms}, timeout=self._ms_timeout(timeout_ms))
+
     def disconnect(self) -> dict[str, Any]:
         return self.call("disconnect")
 
