@@ -91,7 +91,7 @@ def test_checkpoint_read_is_one_snapshot_while_batches_commit_between_its_reads(
     storage.create_write_checkpoint("u1", "c1", using=using)
     replicate_now(using)
     bucket = todos_bucket(lst)
-    before = storage.read_checkpoint([bucket], using, wc_key="u1/c1")
+    before = storage.read_checkpoint([bucket], using, wc_key=storage.write_checkpoint_key("u1", "c1"))
     assert before.write_checkpoint == 1
     assert (before.buckets[bucket].checksum, before.buckets[bucket].count) == state_at(bucket, before.last_op_id,
                                                                                       using)
@@ -113,10 +113,10 @@ def test_checkpoint_read_is_one_snapshot_while_batches_commit_between_its_reads(
         return result
 
     with connections[using].execute_wrapper(hook):
-        read = storage.read_checkpoint([bucket], using, wc_key="u1/c1")
+        read = storage.read_checkpoint([bucket], using, wc_key=storage.write_checkpoint_key("u1", "c1"))
     assert plan == []  # both batches committed during the read
     assert read == before  # exactly the checkpoint of the first read: totals, write checkpoint
-    newest = storage.read_checkpoint([bucket], using, wc_key="u1/c1")
+    newest = storage.read_checkpoint([bucket], using, wc_key=storage.write_checkpoint_key("u1", "c1"))
     assert newest.last_op_id == before.last_op_id + 3 and newest.write_checkpoint == 2
     assert (newest.buckets[bucket].checksum, newest.buckets[bucket].count) == state_at(bucket, newest.last_op_id,
                                                                                       using)
@@ -126,15 +126,15 @@ def test_read_as_of_an_older_checkpoint(using):
     lst = TodoList.objects.using(using).create(name="l", owner_id="u1")
     Todo.objects.using(using).create(list=lst, description="a")
     replicate_now(using)
-    first = storage.read_checkpoint([todos_bucket(lst)], using, wc_key="u1/c1")
+    first = storage.read_checkpoint([todos_bucket(lst)], using, wc_key=storage.write_checkpoint_key("u1", "c1"))
     Todo.objects.using(using).create(list=lst, description="b")
     storage.create_write_checkpoint("u1", "c1", using=using)
     replicate_now(using)
-    old = storage.read_checkpoint([todos_bucket(lst)], using, at=first.checkpoint_id, wc_key="u1/c1")
+    old = storage.read_checkpoint([todos_bucket(lst)], using, at=first.checkpoint_id, wc_key=storage.write_checkpoint_key("u1", "c1"))
     assert old.buckets == first.buckets and old.last_op_id == first.last_op_id
     assert old.write_checkpoint is None  # advanced after that checkpoint: not reportable with it
     Checkpoint.objects.using(using).filter(id__lte=first.checkpoint_id).delete()  # pruned
-    newest = storage.read_checkpoint([todos_bucket(lst)], using, at=first.checkpoint_id, wc_key="u1/c1")
+    newest = storage.read_checkpoint([todos_bucket(lst)], using, at=first.checkpoint_id, wc_key=storage.write_checkpoint_key("u1", "c1"))
     assert newest.checkpoint_id > first.checkpoint_id and newest.write_checkpoint == 1
 
 
