@@ -332,11 +332,11 @@ class Replicator:
             if entry is None:
                 return
             _dead_letters(db, [entry], DeadLetter.ERROR, f"{type(exc).__name__}: {exc}")
-            entry.delete(using=db)
+            OutboxEntry.objects.using(db).filter(id=entry_id).delete()
             state.save(using=db, update_fields=["lease_owner", "lease_expires"])
         logger.error("powersync: outbox entry %s (%s %s:%.100s) cannot be replicated and was moved to the dead "
                      "letters (manage.py powersync_deadletters): %s: %s",
-                     entry.id, entry.op, entry.model, entry.object_pk, type(exc).__name__, exc)
+                     entry_id, entry.op, entry.model, entry.object_pk, type(exc).__name__, exc)
 
     def _write_ops(self, batch: _Batch) -> None:
         db = self.using

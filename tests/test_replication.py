@@ -21,6 +21,7 @@ from powersync_django.models import (
     BucketOp,
     BucketState,
     Checkpoint,
+    DeadLetter,
     OutboxEntry,
     ReplicationState,
     RowBuckets,
@@ -611,3 +612,189 @@ def test_a_batch_costs_a_bounded_number_of_queries(django_assert_max_num_queries
         with django_assert_max_num_queries(30):
             r.run_batch()
     check_storage()
+
+
+# --- poison entries --------------------------------------------------------------------------------
+
+
+def poison(todo: Todo, snapshot: str = "{not json") -> OutboxEntry:
+    """The latest outbox entry of a todo, made impossible to replicate (a snapshot that cannot be decoded)."""
+    entry = OutboxEntry.objects.filter(object_pk=str(todo.pk)).latest("id")
+    entry.snapshot = snapshot
+    entry.save()
+    return entry
+
+
+@pytest.mark.django_db
+def test_a_poison_entry_is_dead_lettered_and_the_rest_replicates():
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    replicate_now()
+    todos = [Todo.objects.create(list=lst, description=f"t{i}") for i in range(10)]
+    bad = poison(todos[4])
+    todos[4].description = "later change of the poisoned row"
+    todos[4].save()
+    storage.create_write_checkpoint("u1", "c")
+    replicate_now()
+    assert not OutboxEntry.objects.exists()
+    # Only the culprit and the later entry of its row; every other todo replicated (none overtook it).
+    letters = list(DeadLetter.objects.order_by("id"))
+    assert [(x.entry_id, x.reason) for x in letters] == [(bad.id, "error"), (letters[1].entry_id, "held")]
+    assert letters[1].entry_id > bad.id and "later change" in letters[1].snapshot
+    assert letters[0].object_pk == str(todos[4].pk) and letters[0].snapshot == "{not json"
+    assert "JSONDecodeError" in letters[0].error and letters[0].model == "todos.todo"
+    assert {t.pk for t in todos} - {t.pk for t in todos[4:5]} == {
+        uuid.UUID(o) for o in BucketOp.objects.filter(bucket=todos_bucket(lst)).values_list("object_id", flat=True)}
+    assert not ops_of(todos[4].pk)
+    assert storage.replicated_write_checkpoint("u1/c") == 1
+    # Later changes of the row are held back too, until the dead letters are retried or dropped.
+    todos[4].description = "third change"
+    todos[4].save()
+    replicate_now()
+    assert DeadLetter.objects.count() == 3 and not ops_of(todos[4].pk)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("size", [1, 2, 7, 1000])
+def test_isolation_dead_letters_only_the_culprit(monkeypatch, size):
+    """A failing batch is split until the entry that fails alone: innocent entries are never dead-lettered."""
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    replicate_now()
+    todos = PowerSyncQuerySet(Todo).bulk_create([Todo(list=lst, description=f"t{i}") for i in range(size)])
+    culprit = todos[size // 2]
+    original = replication.decode_snapshot
+
+    def decode(model, text):
+        if orjson.loads(text)["id"] == str(culprit.pk):
+            raise ValueError("undecodable")
+        return original(model, text)
+
+    monkeypatch.setattr(replication, "decode_snapshot", decode)
+    replicate_now()
+    assert list(DeadLetter.objects.values_list("object_pk", "reason", "error")) == [
+        (str(culprit.pk), "error", "ValueError: undecodable")]
+    assert BucketOp.objects.filter(bucket=todos_bucket(lst)).count() == size - 1
+    # The cause fixed, a retry replicates the row; storage then equals the querysets.
+    monkeypatch.setattr(replication, "decode_snapshot", original)
+    from powersync_django import deadletters
+
+    assert deadletters.retry() == 1
+    replicate_now()
+    assert not DeadLetter.objects.exists()
+    check_storage()
+
+
+@pytest.mark.django_db
+def test_retry_requeues_a_rows_dead_letters_in_order_before_its_newer_entries(monkeypatch):
+    from powersync_django import deadletters
+
+    replicate_now()
+    a = TodoList.objects.create(name="a", owner_id="u1")
+    b = TodoList.objects.create(name="b", owner_id="u2")
+    todo = Todo.objects.create(list=a, description="v1")
+    poison(todo, snapshot=orjson.dumps({"id": str(todo.pk), "list_id": str(a.pk), "description": "v1",
+                                        "completed": "not a boolean", "created_at": "bad date"}).decode())
+    todo.list = b
+    todo.description = "v2"
+    todo.save()
+    original = replication.decode_snapshot
+    monkeypatch.setattr(replication, "decode_snapshot",
+                        lambda m, t: (_ for _ in ()).throw(ValueError("bad")) if "bad date" in t else original(m, t))
+    replicate_now()
+    assert DeadLetter.objects.count() == 2
+    todo.description = "v3"  # pending in the outbox when the retry happens
+    todo.save()
+    monkeypatch.setattr(replication, "decode_snapshot", original)
+    ids = list(DeadLetter.objects.filter(reason="error").values_list("id", flat=True))
+    with pytest.raises(Exception):  # noqa: B017  (the poisoned snapshot itself is still not decodable)
+        original(Todo, DeadLetter.objects.get(id=ids[0]).snapshot)
+    DeadLetter.objects.filter(id=ids[0]).update(snapshot=None, op=OutboxEntry.DELETE)  # "fixed" by hand
+    assert deadletters.retry(ids) == 2  # the whole row: the failed entry and the one held behind it
+    assert [e.snapshot is None for e in OutboxEntry.objects.order_by("id")] == [True, False, False]
+    assert "v3" in OutboxEntry.objects.order_by("id").last().snapshot
+    replicate_now()
+    assert not DeadLetter.objects.exists()
+    check_storage()
+    assert orjson.loads(BucketOp.objects.filter(object_id=str(todo.pk)).latest("op_id").data)["description"] == "v3"
+
+
+@pytest.mark.django_db
+def test_dropped_dead_letters_release_the_row():
+    from powersync_django import deadletters
+
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    todo = Todo.objects.create(list=lst, description="v1")
+    poison(todo)
+    todo.description = "v2"
+    todo.save()
+    replicate_now()
+    assert DeadLetter.objects.count() == 2
+    assert deadletters.drop([DeadLetter.objects.get(reason="held").id]) == 2  # per row
+    todo.description = "v3"
+    todo.save()
+    replicate_now()
+    check_storage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_connection_errors_are_retried_not_dead_lettered(monkeypatch):
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    Todo.objects.create(list=lst, description="x")
+    crash_once(monkeypatch, "_write_ops")
+    with pytest.raises(Crash):
+        Replicator(owner="x").run_batch()
+    assert not DeadLetter.objects.exists() and OutboxEntry.objects.count() == 2
+    replicate_now()
+    check_storage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_value_the_database_rejects_is_dead_lettered(vendor):
+    """A value the database rejects (PostgreSQL: numeric out of range, a DataError) only stops its entry."""
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    good = Todo.objects.create(list=lst, description="fine")
+    # The database rejects what the replicator writes: a checksum outside BIGINT (Python-side it is fine).
+    original = checksums.put_checksum
+
+    def checksum(table, object_id, data):
+        return 2**70 if "poison" in data else original(table, object_id, data)
+
+    bad = Todo.objects.create(list=lst, description="poison")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checksums, "put_checksum", checksum)
+        replicate_now()
+    [letter] = DeadLetter.objects.all()
+    assert letter.object_pk == str(bad.pk) and letter.reason == "error"
+    assert ops_of(good.pk) and not ops_of(bad.pk)
+
+
+# --- PostgreSQL LISTEN ---------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_outbox_listener_reconnects_after_its_backend_is_terminated():
+    import threading
+
+    from django.db import connection
+
+    from powersync_django.replication import _OutboxListener
+
+    listener = _OutboxListener("default")
+    wake = threading.Event()
+    try:
+        old_pid = listener.conn.info.backend_pid
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [old_pid])
+        # The next wait notices, reconnects and returns at once (notifications may have been missed).
+        assert listener.wait(wake, 30) == "reconnected"
+        assert listener.conn.info.backend_pid != old_pid
+        # A change committed now wakes the listener through the new connection.
+        TodoList.objects.create(name="after reconnect", owner_id="u1")
+        assert listener.wait(wake, 30) == "notified"
+    finally:
+        listener.close()
