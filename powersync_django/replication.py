@@ -109,15 +109,15 @@ class _Batch:
     """Ops and state changes being assembled for one transaction."""
 
     next_op: int
-    ops: list[BucketOp] = field(default_factory=list)
+    # (op_id, bucket, op, object_type, object_id, data, checksum): rows of the op table
+    ops: list[tuple] = field(default_factory=list)
     deltas: dict[str, list[int]] = field(default_factory=dict)  # bucket -> [checksum, count, last_op]
     models: set[str] = field(default_factory=set)
 
     def add(self, bucket: str, op: str, table: str, object_id: str, data: str | None, checksum: int) -> None:
         op_id = self.next_op
         self.next_op += 1
-        self.ops.append(BucketOp(op_id=op_id, bucket=bucket, op=op, object_type=table, object_id=object_id,
-                                 data=data, checksum=checksum))
+        self.ops.append((op_id, bucket, op, table, object_id, data, checksum))
         d = self.deltas.setdefault(bucket, [0, 0, 0])
         d[0] = (d[0] + checksum) & checksums.MASK
         d[1] += 1
@@ -241,7 +241,7 @@ class Replicator:
         if built and connections[db].vendor == "sqlite":
             # A build step held SQLite's only write lock: leave a gap long enough for a waiting writer's busy
             # handler (it sleeps up to 100 ms between tries) to get it before the next step.
-            time.sleep(min(0.1, max(0.01, (time.monotonic() - started) / 2)))
+            time.sleep(min(0.1, max(0.005, (time.monotonic() - started) / 3)))
         return len(ids)
 
     def _replicate(self, state: ReplicationState, rules: Rules, entries: list[OutboxEntry],
@@ -339,35 +339,22 @@ class Replicator:
                      entry_id, entry.op, entry.model, entry.object_pk, type(exc).__name__, exc)
 
     def _write_ops(self, batch: _Batch) -> None:
-        db = self.using
+        """Insert the batch's ops and add their totals to the buckets' (plain SQL: the ORM's per-object
+        insert compilation cost more than the database work)."""
         if not batch.ops:
             return
-        BucketOp.objects.using(db).bulk_create(batch.ops, batch_size=500)
-        existing = {s.bucket: s for s in _in_chunks(BucketState.objects.using(db), "bucket", batch.deltas)}
-        states = []
-        for bucket, (checksum, count, last_op) in batch.deltas.items():
-            s = existing.get(bucket) or BucketState(bucket=bucket)
-            s.checksum = (s.checksum + checksum) & checksums.MASK
-            s.count += count
-            s.stored_ops += count
-            s.ops_since_compaction += count
-            s.last_op_id = last_op
-            states.append(s)
-        BucketState.objects.using(db).bulk_create(
-            states, update_conflicts=True, unique_fields=["bucket"],
-            update_fields=["checksum", "count", "stored_ops", "ops_since_compaction", "last_op_id"], batch_size=500,
-        )
+        _executemany(self.using, _OPS_INSERT.sql(), batch.ops)
+        _executemany(self.using, _STATE_UPSERT.sql(), [
+            (bucket, checksum, count, count, count, last_op, 0)
+            for bucket, (checksum, count, last_op) in batch.deltas.items()
+        ])
 
     def _write_memberships(self, memberships: dict[str, list[list[str]]], version: int) -> None:
         db = self.using
         gone = [k for k, v in memberships.items() if not v]
-        present = [RowBuckets(source=k, buckets=orjson.dumps(v).decode(), version=version)
-                   for k, v in memberships.items() if v]
         for start in range(0, len(gone), 500):
             RowBuckets.objects.using(db).filter(source__in=gone[start:start + 500]).delete()
-        if present:
-            RowBuckets.objects.using(db).bulk_create(present, update_conflicts=True, unique_fields=["source"],
-                                                     update_fields=["buckets", "version"], batch_size=500)
+        _executemany(db, _ROWS_UPSERT.sql(), [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items() if v])
 
     def _apply_markers(self, markers: dict[str, int]) -> None:
         for key, counter in markers.items():
@@ -443,12 +430,8 @@ class Replicator:
 
     def _flush_rebuild(self, batch: _Batch, memberships: dict[str, list[list[str]]], version: int) -> None:
         self._write_ops(batch)
-        if memberships:
-            RowBuckets.objects.using(self.using).bulk_create(
-                [RowBuckets(source=k, buckets=orjson.dumps(v).decode(), version=version)
-                 for k, v in memberships.items()],
-                update_conflicts=True, unique_fields=["source"], update_fields=["buckets", "version"], batch_size=500,
-            )
+        _executemany(self.using, _ROWS_UPSERT.sql(),
+                     [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items()])
 
     def _switch(self, state: ReplicationState, rules: Rules) -> Checkpoint:
         """Make the built version the live one (the outbox has been replayed into it)."""
@@ -505,6 +488,46 @@ class Replicator:
             if n == 0 and not self.more:
                 break
         return total
+
+
+class _Sql:
+    """An INSERT statement of one of our tables, built from the model's column names on first use."""
+
+    def __init__(self, model: type[models.Model], fields: list[str], conflict: str = "", updates: str = "") -> None:
+        self.model, self.fields, self.conflict, self.updates = model, fields, conflict, updates
+        self._sql = ""
+
+    def sql(self) -> str:
+        if not self._sql:
+            meta = self.model._meta
+            table = meta.db_table
+            columns = ", ".join(meta.get_field(f).column for f in self.fields)
+            marks = ", ".join(["%s"] * len(self.fields))
+            self._sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
+            if self.conflict:
+                self._sql += f" ON CONFLICT ({self.conflict}) DO UPDATE SET {self.updates.format(t=table)}"
+        return self._sql
+
+
+_OPS_INSERT = _Sql(BucketOp, ["op_id", "bucket", "op", "object_type", "object_id", "data", "checksum"])
+_STATE_UPSERT = _Sql(
+    BucketState, ["bucket", "checksum", "count", "stored_ops", "ops_since_compaction", "last_op_id", "compacted_to"],
+    "bucket",
+    f"checksum = ({{t}}.checksum + excluded.checksum) & {checksums.MASK}, count = {{t}}.count + excluded.count, "
+    "stored_ops = {t}.stored_ops + excluded.stored_ops, "
+    "ops_since_compaction = {t}.ops_since_compaction + excluded.ops_since_compaction, "
+    "last_op_id = excluded.last_op_id",
+)
+_ROWS_UPSERT = _Sql(RowBuckets, ["source", "buckets", "version"], "source",
+                    "buckets = excluded.buckets, version = excluded.version")
+
+
+def _executemany(using: str, sql: str, rows: list[tuple], size: int = 5000) -> None:
+    if not rows:
+        return
+    with connections[using].cursor() as cursor:
+        for start in range(0, len(rows), size):
+            cursor.executemany(sql, rows[start:start + size])
 
 
 def _request_rebuild(state: ReplicationState, using: str) -> None:
