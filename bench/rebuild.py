@@ -2,7 +2,7 @@
 
 ``.venv/bin/python bench/rebuild.py [--rows 100000] [--database-url postgres://...]`` (SQLite in a temporary
 file by default). Seeds N todos (lists of 1,000) without capturing them, builds storage once, then runs
-``powersync_resync`` (this process takes the lease and rebuilds) while a writer thread commits one small
+``powersync_resync`` (this process takes the lease and rebuilds) while a writer process commits one small
 captured write every 10 ms and records how long each took. Prints the rebuild time and rate, and the
 writes' median / p99 / max latency (what an app waits for while a rebuild runs).
 """
@@ -11,16 +11,35 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+# Commits one small captured write every 10 ms until told to stop; prints the latencies as JSON.
+WRITER = """
+import json, sys, threading, time
+import django
+django.setup()
+from demo_project.todos.models import TodoList
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+waits = []
+print("ready", flush=True)
+while not stop.is_set():
+    t0 = time.monotonic()
+    TodoList.objects.create(name="written during the rebuild", owner_id="writer")
+    waits.append(time.monotonic() - t0)
+    stop.wait(0.01)
+print(json.dumps(waits), flush=True)
+"""
 
 
 def main() -> None:
@@ -38,7 +57,7 @@ def main() -> None:
 
     django.setup()
     from django.core.management import call_command
-    from django.db import connection, connections
+    from django.db import connection
 
     from demo_project.todos.models import Todo, TodoList
     from powersync_django.replication import replicate_now
@@ -59,31 +78,20 @@ def main() -> None:
     print(f"{connection.vendor}: first build of {n} rows: {time.monotonic() - started:.2f} s")
 
     for run in range(args.runs):
-        waits: list[float] = []
-        stop = threading.Event()
-
-        def writer(stop: threading.Event = stop, waits: list[float] = waits) -> None:
-            try:
-                i = 0
-                while not stop.is_set():
-                    t0 = time.monotonic()
-                    TodoList.objects.create(name=f"written during the rebuild {i}", owner_id="writer")
-                    waits.append(time.monotonic() - t0)
-                    i += 1
-                    stop.wait(0.01)
-            finally:
-                connections.close_all()
-
-        thread = threading.Thread(target=writer)
-        thread.start()
+        # The writer is another process, as an app server is (a thread here would also wait for the GIL).
+        writer = subprocess.Popen([sys.executable, "-c", WRITER], cwd=ROOT, env=os.environ.copy(),
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdin is not None
+        writer.stdout.readline()  # ready
         out = io.StringIO()
         started = time.monotonic()
         call_command("powersync_resync", stdout=out)
         elapsed = time.monotonic() - started
-        stop.set()
-        thread.join()
+        writer.stdin.write("stop\n")
+        writer.stdin.flush()
+        waits = sorted(json.loads(writer.stdout.readline()))
+        writer.wait()
         progress = [line for line in out.getvalue().splitlines() if line.startswith("Version")]
-        waits.sort()
         p99 = waits[min(len(waits) - 1, int(len(waits) * 0.99))] if waits else 0.0
         print(f"{connection.vendor}: resync {run + 1} of {n} rows: {elapsed:.2f} s ({n / elapsed:,.0f} rows/s); "
               f"{len(waits)} concurrent writes: median {statistics.median(waits) * 1000:.1f} ms, "

@@ -65,7 +65,7 @@ MAX_LISTED_BUCKETS = 500
 # Checkpoint rows kept for the SQLite pollers (older ones are pruned).
 CHECKPOINTS_KEPT = 1000
 # Rows read per rebuild transaction, and old ops/rows removed per cleanup transaction.
-BUILD_ROWS = 2000
+BUILD_ROWS = 1000
 CLEANUP_ROWS = 5000
 # Longest source key kept readable; longer primary keys are hashed (RowBuckets.source is bounded).
 MAX_SOURCE_LENGTH = 300
@@ -339,12 +339,12 @@ class Replicator:
                      entry_id, entry.op, entry.model, entry.object_pk, type(exc).__name__, exc)
 
     def _write_ops(self, batch: _Batch) -> None:
-        """Insert the batch's ops and add their totals to the buckets' (plain SQL: the ORM's per-object
-        insert compilation cost more than the database work)."""
+        """Insert the batch's ops and add their totals to the buckets' (multi-row plain SQL: the ORM's
+        per-object insert compilation cost more than the database work)."""
         if not batch.ops:
             return
-        _executemany(self.using, _OPS_INSERT.sql(), batch.ops)
-        _executemany(self.using, _STATE_UPSERT.sql(), [
+        _OPS_INSERT.execute(self.using, batch.ops)
+        _STATE_UPSERT.execute(self.using, [
             (bucket, checksum, count, count, count, last_op, 0)
             for bucket, (checksum, count, last_op) in batch.deltas.items()
         ])
@@ -354,7 +354,7 @@ class Replicator:
         gone = [k for k, v in memberships.items() if not v]
         for start in range(0, len(gone), 500):
             RowBuckets.objects.using(db).filter(source__in=gone[start:start + 500]).delete()
-        _executemany(db, _ROWS_UPSERT.sql(), [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items() if v])
+        _ROWS_UPSERT.execute(db, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items() if v])
 
     def _apply_markers(self, markers: dict[str, int]) -> None:
         for key, counter in markers.items():
@@ -430,8 +430,7 @@ class Replicator:
 
     def _flush_rebuild(self, batch: _Batch, memberships: dict[str, list[list[str]]], version: int) -> None:
         self._write_ops(batch)
-        _executemany(self.using, _ROWS_UPSERT.sql(),
-                     [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items()])
+        _ROWS_UPSERT.execute(self.using, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items()])
 
     def _switch(self, state: ReplicationState, rules: Rules) -> Checkpoint:
         """Make the built version the live one (the outbox has been replayed into it)."""
@@ -491,22 +490,30 @@ class Replicator:
 
 
 class _Sql:
-    """An INSERT statement of one of our tables, built from the model's column names on first use."""
+    """A multi-row INSERT (or upsert) into one of our tables, built from the model's column names."""
 
     def __init__(self, model: type[models.Model], fields: list[str], conflict: str = "", updates: str = "") -> None:
         self.model, self.fields, self.conflict, self.updates = model, fields, conflict, updates
-        self._sql = ""
 
-    def sql(self) -> str:
-        if not self._sql:
-            meta = self.model._meta
-            table = meta.db_table
-            columns = ", ".join(meta.get_field(f).column for f in self.fields)
-            marks = ", ".join(["%s"] * len(self.fields))
-            self._sql = f"INSERT INTO {table} ({columns}) VALUES ({marks})"
-            if self.conflict:
-                self._sql += f" ON CONFLICT ({self.conflict}) DO UPDATE SET {self.updates.format(t=table)}"
-        return self._sql
+    def _head(self) -> tuple[str, str]:
+        table = self.model._meta.db_table
+        columns = ", ".join(self.model._meta.get_field(f).column for f in self.fields)
+        tail = f" ON CONFLICT ({self.conflict}) DO UPDATE SET {self.updates.format(t=table)}" if self.conflict else ""
+        return f"INSERT INTO {table} ({columns})", tail
+
+    def execute(self, using: str, rows: list[tuple]) -> None:
+        """Insert ``rows`` with multi-row VALUES statements, as few as the parameter limit allows."""
+        if not rows:
+            return
+        connection = connections[using]
+        head, tail = self._head()
+        with connection.cursor() as cursor:
+            marks = "(" + ", ".join(["%s"] * len(self.fields)) + ")"
+            limit = connection.features.max_query_params or 30000
+            per_statement = max(1, min(1000, limit // len(self.fields)))
+            for start in range(0, len(rows), per_statement):
+                chunk = rows[start:start + per_statement]
+                cursor.execute(f"{head} VALUES {', '.join([marks] * len(chunk))}{tail}", [v for row in chunk for v in row])
 
 
 _OPS_INSERT = _Sql(BucketOp, ["op_id", "bucket", "op", "object_type", "object_id", "data", "checksum"])
@@ -520,14 +527,6 @@ _STATE_UPSERT = _Sql(
 )
 _ROWS_UPSERT = _Sql(RowBuckets, ["source", "buckets", "version"], "source",
                     "buckets = excluded.buckets, version = excluded.version")
-
-
-def _executemany(using: str, sql: str, rows: list[tuple], size: int = 5000) -> None:
-    if not rows:
-        return
-    with connections[using].cursor() as cursor:
-        for start in range(0, len(rows), size):
-            cursor.executemany(sql, rows[start:start + size])
 
 
 def _request_rebuild(state: ReplicationState, using: str) -> None:
