@@ -798,3 +798,46 @@ def test_outbox_listener_reconnects_after_its_backend_is_terminated():
         assert listener.wait(wake, 30) == "notified"
     finally:
         listener.close()
+
+
+# --- bounded rebuilds ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rebuild_runs_in_bounded_steps_while_the_live_version_serves_and_writes_go_on(monkeypatch):
+    """Each step is its own short transaction; clients keep the old version until the switch; writes made
+    between steps (saves, moves, deletes, creations) end up in the new version; old data is removed after."""
+    monkeypatch.setattr(replication, "BUILD_ROWS", 3)
+    monkeypatch.setattr(replication, "CLEANUP_ROWS", 4)
+    replicate_now()
+    lists = [TodoList.objects.create(name=f"l{i}", owner_id=f"u{i}") for i in range(4)]
+    todos = [Todo.objects.create(list=lists[i % 4], description=f"t{i}") for i in range(20)]
+    replicate_now()
+    old_bucket = todos_bucket(lists[0], 1)
+    old_state = storage.read_checkpoint([old_bucket])
+    r = Replicator(owner="builder")
+    r.request_rebuild()
+    steps = 0
+    while state().building_version or steps == 0:
+        r.run_batch()
+        steps += 1
+        if state().building_version:
+            # Still serving version 1, unchanged, while version 2 is built.
+            assert storage.read_checkpoint([old_bucket]) == old_state
+            i = steps % 20
+            todos[i].description = f"changed during step {steps}"
+            todos[i].list = lists[(i + 1) % 4]
+            todos[i].save()
+            if steps == 3:
+                todos[19].delete()
+                lists[3].owner_id = "moved"
+                lists[3].save()
+            if steps == 5:
+                Todo.objects.create(list=lists[2], description="created during the build")
+    assert steps >= 10  # lists in 2 transactions, todos in 7 (3 rows each), then the replay and switch
+    assert state().rules_version == 2
+    r.drain()  # the rest of the outbox, then cleanup of version 1 in batches
+    r.release()
+    assert not BucketOp.objects.filter(bucket__startswith="1#").exists()
+    assert not RowBuckets.objects.exclude(version=2).exists()
+    check_storage()
