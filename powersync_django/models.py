@@ -148,6 +148,11 @@ class ReplicationState(models.Model):
     build_rows_done = models.BigIntegerField(default=0)
     build_rows_total = models.BigIntegerField(default=0)
     build_started = models.FloatField(default=0)
+    # Outbox entries up to this id were committed before the build read any row: the build covers them, they
+    # are deleted without being replayed. PostgreSQL: only once no transaction older than the build's start
+    # (``build_xmax``, 0 once none is left) is running; after a few seconds of waiting, everything is replayed.
+    build_outbox_max = models.BigIntegerField(default=0)
+    build_xmax = models.BigIntegerField(default=0)
     # Ops with op_id below this (and their buckets, rows of older versions) are removed in batches.
     cleanup_below = models.BigIntegerField(default=0)
 

@@ -67,6 +67,8 @@ CHECKPOINTS_KEPT = 1000
 # Rows read per rebuild transaction, and old ops/rows removed per cleanup transaction.
 BUILD_ROWS = 1000
 CLEANUP_ROWS = 5000
+# Seconds a build waits for transactions older than its start before reading rows (see _build_step).
+SUBSUME_WAIT = 5.0
 # Longest source key kept readable; longer primary keys are hashed (RowBuckets.source is bounded).
 MAX_SOURCE_LENGTH = 300
 # SQLSTATE classes of PostgreSQL errors caused by the data being written: such an entry is a poison entry.
@@ -225,6 +227,12 @@ class Replicator:
                 qs = OutboxEntry.objects.using(db).order_by("id")
                 if building:
                     qs = qs.exclude(op=OutboxEntry.MARKER)  # applied by live batches after the switch
+                    covered = list(qs.filter(id__lte=state.build_outbox_max).values_list("id", flat=True)[:limit])
+                    if covered:  # committed before the build read rows: already in it
+                        OutboxEntry.objects.using(db).filter(id__in=covered).delete()
+                        state.save(using=db, update_fields=["lease_owner", "lease_expires"])
+                        self.more = True
+                        return 0
                 entries = list(qs[:limit])
                 ids.extend(e.id for e in entries)
                 if entries:
@@ -395,13 +403,45 @@ class Replicator:
         state.build_rows_done = 0
         state.build_rows_total = sum(m._base_manager.using(db).count() for m in rules.models)
         state.build_started = time.time()
+        state.build_outbox_max = OutboxEntry.objects.using(db).aggregate(m=models.Max("id"))["m"] or 0
+        state.build_xmax = 0
+        if connections[db].vendor == "postgresql":
+            with connections[db].cursor() as cursor:
+                cursor.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                state.build_xmax = cursor.fetchone()[0]
         state.save(using=db)
         logger.info("powersync: building bucket storage version %s (%s rows)", state.building_version,
                     state.build_rows_total)
 
+    def _older_transactions_done(self, state: ReplicationState) -> bool:
+        """PostgreSQL: whether every transaction that was running when the build started has ended.
+
+        Until then an entry with an id up to ``build_outbox_max`` may still commit after rows are read, so
+        rows are not read yet. After ``SUBSUME_WAIT`` seconds the build goes ahead and replays every entry.
+        """
+        if not state.build_xmax:
+            return True
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x WHERE x::text::bigint < %s "
+                "AND x::text::bigint <> coalesce(pg_current_xact_id_if_assigned()::text::bigint, 0)",
+                [state.build_xmax],
+            )
+            running = cursor.fetchone()[0]
+        if running and time.time() - state.build_started < SUBSUME_WAIT:
+            return False
+        if running:
+            state.build_outbox_max = 0  # cannot tell which early entries the build will see: replay them all
+        state.build_xmax = 0
+        return True
+
     def _build_step(self, state: ReplicationState, rules: Rules) -> None:
         """Read the next ``BUILD_ROWS`` rows of the model being built into the new version."""
         db = self.using
+        if not self._older_transactions_done(state):
+            state.save(using=db)
+            time.sleep(0.01)
+            return
         labels = [m._meta.label_lower for m in rules.models]
         label = state.build_model
         model = rules.models[labels.index(label)]

@@ -103,5 +103,15 @@ class Migration(migrations.Migration):
             name='object_pk',
             field=models.TextField(),
         ),
+        migrations.AddField(
+            model_name='replicationstate',
+            name='build_outbox_max',
+            field=models.BigIntegerField(default=0),
+        ),
+        migrations.AddField(
+            model_name='replicationstate',
+            name='build_xmax',
+            field=models.BigIntegerField(default=0),
+        ),
         migrations.RunPython(rows_of_current_version, migrations.RunPython.noop),
     ]
