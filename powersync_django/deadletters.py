@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from django.apps import apps
 from django.db import DEFAULT_DB_ALIAS, models, transaction
 
-from .capture import write_entries
+from .capture import snapshot, write_entries
 from .models import DeadLetter, OutboxEntry, ReplicationState
 
 
@@ -43,12 +43,23 @@ def retry(ids: Iterable[int] | None = None, using: str = DEFAULT_DB_ALIAS) -> in
             queued += OutboxEntry.objects.using(using).filter(model=label, object_pk__in=pks).order_by("id")
         OutboxEntry.objects.using(using).filter(id__in=[e.id for e in queued]).delete()
         DeadLetter.objects.using(using).filter(id__in=[x.id for x in letters]).delete()
-        write_entries(
-            [OutboxEntry(model=x.model, object_pk=x.object_pk, op=x.op, snapshot=x.snapshot) for x in letters]
-            + [OutboxEntry(model=e.model, object_pk=e.object_pk, op=e.op, snapshot=e.snapshot) for e in queued],
-            using,
-        )
+        write_entries([_entry(x, using) for x in letters]
+                      + [OutboxEntry(model=e.model, object_pk=e.object_pk, op=e.op, snapshot=e.snapshot) for e in queued],
+                      using)
     return len(letters)
+
+
+def _entry(letter: DeadLetter, using: str) -> OutboxEntry:
+    """The outbox entry of a dead letter; a row the build could not render (no snapshot) is captured again."""
+    if letter.op == OutboxEntry.SAVE and letter.snapshot is None:
+        try:
+            model = apps.get_model(letter.model)
+            instance = model._base_manager.using(using).get(pk=model._meta.pk.to_python(letter.object_pk))
+        except Exception:  # gone (or no longer a model): the row is deleted for the clients
+            return OutboxEntry(model=letter.model, object_pk=letter.object_pk, op=OutboxEntry.DELETE)
+        return OutboxEntry(model=letter.model, object_pk=letter.object_pk, op=OutboxEntry.SAVE,
+                           snapshot=snapshot(instance))
+    return OutboxEntry(model=letter.model, object_pk=letter.object_pk, op=letter.op, snapshot=letter.snapshot)
 
 
 def _lock_rows(label: str, pks: set[str], using: str) -> None:

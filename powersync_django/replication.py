@@ -453,11 +453,21 @@ class Replicator:
         rows = list(qs[:BUILD_ROWS])
         batch = _Batch(next_op=state.build_next_op)
         memberships: dict[str, list[list[str]]] = {}
+        failed: list[DeadLetter] = []
         for row in rows:
-            new = rules.row_buckets(label, row, version)
+            try:
+                new = rules.row_buckets(label, row, version)
+            except Exception as exc:  # a row that cannot be rendered must not stop the build
+                failed.append(_row_dead_letter(label, str(row[pk.attname]), exc))
+                continue
             if new:
                 memberships[source_key(label, str(row[pk.attname]))] = batch.apply_row([], new)
         self._flush_rebuild(batch, memberships, version)
+        if failed:
+            DeadLetter.objects.using(db).bulk_create(failed)
+            for letter in failed:
+                logger.error("powersync: row %s:%.100s cannot be replicated (build of version %s) and was recorded "
+                             "as a dead letter: %s", label, letter.object_pk, version, letter.error)
         state.build_next_op = batch.next_op
         state.build_rows_done += len(rows)
         if len(rows) == BUILD_ROWS:
@@ -590,6 +600,16 @@ def _dead_letters(using: str, entries: list[OutboxEntry], reason: str, error: st
                    op=e.op, snapshot=e.snapshot, reason=reason, error=error, captured_at=e.created_at)
         for e in entries
     ])
+
+
+def _row_dead_letter(label: str, pk: str, exc: BaseException) -> DeadLetter:
+    """A row the build could not render: no outbox entry (``entry_id`` 0, no snapshot); retrying it captures
+    the row's current state again."""
+    from django.utils import timezone
+
+    return DeadLetter(entry_id=0, source=source_key(label, pk), model=label, object_pk=pk, op=OutboxEntry.SAVE,
+                      snapshot=None, reason=DeadLetter.ERROR, error=f"{type(exc).__name__}: {exc}",
+                      captured_at=timezone.now())
 
 
 def _model_for(label: str, rules: Rules) -> type[models.Model] | None:

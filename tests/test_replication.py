@@ -887,3 +887,34 @@ def test_a_build_waits_for_transactions_older_than_its_start(monkeypatch, give_u
     check_storage()
     assert '"committed late"' in BucketOp.objects.filter(object_id=str(todo.pk)).latest("op_id").data
     assert ops_of(other.pk)
+
+
+@pytest.mark.django_db
+def test_a_row_the_build_cannot_render_is_dead_lettered_and_retried_from_the_table(monkeypatch):
+    from powersync_django import deadletters
+    from powersync_django.rules import Rules
+
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    todos = [Todo.objects.create(list=lst, description=f"t{i}") for i in range(3)]
+    original = Rules.row_buckets
+
+    def row_buckets(self, label, row, version):
+        if row and row.get("id") == todos[1].pk:
+            raise ValueError("cannot render")
+        return original(self, label, row, version)
+
+    monkeypatch.setattr(Rules, "row_buckets", row_buckets)
+    replicate_now()  # the first build
+    [letter] = DeadLetter.objects.all()
+    assert (letter.entry_id, letter.object_pk, letter.snapshot, letter.error) == (
+        0, str(todos[1].pk), None, "ValueError: cannot render")
+    assert state().rules_version == 1 and len(reduced_storage()[todos_bucket(lst)]) == 2
+    monkeypatch.setattr(Rules, "row_buckets", original)
+    todos[1].description = "fixed"
+    todos[1].save()  # held behind the dead letter
+    replicate_now()
+    assert DeadLetter.objects.count() == 2
+    assert deadletters.retry() == 2
+    replicate_now()
+    check_storage()
+    assert '"fixed"' in BucketOp.objects.filter(object_id=str(todos[1].pk)).latest("op_id").data
