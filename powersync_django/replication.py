@@ -66,6 +66,8 @@ MAX_LISTED_BUCKETS = 500
 CHECKPOINTS_KEPT = 1000
 # Rows read per rebuild transaction, and old ops/rows removed per cleanup transaction.
 BUILD_ROWS = 1000
+# SQLite has one write lock: smaller build transactions keep app writes from waiting long.
+BUILD_ROWS_SQLITE = 500
 CLEANUP_ROWS = 5000
 # Seconds a build waits for transactions older than its start before reading rows (see _build_step).
 SUBSUME_WAIT = 5.0
@@ -249,7 +251,7 @@ class Replicator:
         if built and connections[db].vendor == "sqlite":
             # A build step held SQLite's only write lock: leave a gap long enough for a waiting writer's busy
             # handler (it sleeps up to 100 ms between tries) to get it before the next step.
-            time.sleep(min(0.1, max(0.005, (time.monotonic() - started) / 3)))
+            time.sleep(min(0.1, max(0.005, (time.monotonic() - started) / 2)))
         return len(ids)
 
     def _replicate(self, state: ReplicationState, rules: Rules, entries: list[OutboxEntry],
@@ -450,7 +452,9 @@ class Replicator:
         qs = model._base_manager.using(db).order_by(pk.attname).values(*[f.attname for f in model._meta.concrete_fields])
         if state.build_after:
             qs = qs.filter(pk__gt=pk.to_python(state.build_after))
-        rows = list(qs[:BUILD_ROWS])
+        size = BUILD_ROWS_SQLITE if connections[db].vendor == "sqlite" else BUILD_ROWS
+        size = min(size, BUILD_ROWS)  # tests lower BUILD_ROWS
+        rows = list(qs[:size])
         batch = _Batch(next_op=state.build_next_op)
         memberships: dict[str, list[list[str]]] = {}
         failed: list[DeadLetter] = []
@@ -470,7 +474,7 @@ class Replicator:
                              "as a dead letter: %s", label, letter.object_pk, version, letter.error)
         state.build_next_op = batch.next_op
         state.build_rows_done += len(rows)
-        if len(rows) == BUILD_ROWS:
+        if len(rows) == size:
             state.build_after = str(rows[-1][pk.attname])
         else:
             following = labels.index(label) + 1
