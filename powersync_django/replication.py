@@ -166,7 +166,8 @@ class Replicator:
         state.lease_expires = now + self.config["LEASE_SECONDS"]
 
     def try_acquire(self) -> bool:
-        """Take (or renew) the lease; False if another replicator holds it."""
+        """Take (or renew) the lease; False if another replicator holds it (or its batch keeps the database
+        locked right now)."""
         try:
             with transaction.atomic(using=self.using):
                 state = self._state_for_update()
@@ -174,6 +175,11 @@ class Replicator:
                 state.save(using=self.using, update_fields=["lease_owner", "lease_expires"])
             return True
         except LeaseLost:
+            return False
+        except OperationalError as exc:
+            if is_poison(exc):
+                raise
+            logger.debug("powersync: lease not taken: %s", exc)
             return False
 
     def release(self) -> None:

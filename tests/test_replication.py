@@ -918,3 +918,14 @@ def test_a_row_the_build_cannot_render_is_dead_lettered_and_retried_from_the_tab
     replicate_now()
     check_storage()
     assert '"fixed"' in BucketOp.objects.filter(object_id=str(todos[1].pk)).latest("op_id").data
+
+
+@pytest.mark.django_db
+def test_a_locked_database_means_the_lease_is_not_taken_yet(monkeypatch):
+    """SQLite busy / PostgreSQL lock errors while taking the lease: not taken, the caller tries again later."""
+
+    def locked(self):
+        raise OperationalError("database table is locked")
+
+    monkeypatch.setattr(Replicator, "_state_for_update", locked)
+    assert Replicator(owner="x").try_acquire() is False
