@@ -1,21 +1,25 @@
 """Read-only admin for the sync tables: browse replication state, buckets, ops and the outbox.
 
 Everything here is written by capture and the replicator only; editing a row by hand would break checksums
-or exactly-once replication, so nothing can be added, changed or deleted from the admin.
+or exactly-once replication, so nothing can be added, changed or deleted from the admin. Dead letters have
+two actions for superusers: retry and drop (per row, as ``manage.py powersync_deadletters``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import admin
+from django.contrib import admin, messages
+from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from . import deadletters
 from .admin_status import StatusPageMixin
 from .models import (
     BucketOp,
     BucketState,
     Checkpoint,
+    DeadLetter,
     OutboxEntry,
     ReplicationState,
     RowBuckets,
@@ -85,3 +89,33 @@ class OutboxEntryAdmin(ReadOnlyAdmin):
 class WriteCheckpointAdmin(ReadOnlyAdmin):
     list_display = ["key", "user_id", "client_id", "issued", "replicated", "updated_at"]
     search_fields = ["=user_id", "key"]
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    list_display = ["id", "failed_at", "reason", "op", "model", "short_pk", "short_error"]
+    list_filter = ["reason", "model"]
+    search_fields = ["=object_pk"]
+    ordering = ["id"]
+    actions = ["retry", "drop"]
+
+    @admin.display(description="object pk")
+    def short_pk(self, obj: DeadLetter) -> str:
+        return obj.object_pk[:60]
+
+    @admin.display(description="error")
+    def short_error(self, obj: DeadLetter) -> str:
+        return obj.error[:200]
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        return super().get_actions(request) if request.user.is_superuser else {}
+
+    @admin.action(description="Retry the selected rows' dead letters (back into the outbox, in order)")
+    def retry(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        n = deadletters.retry(queryset.values_list("id", flat=True), using=queryset.db)
+        self.message_user(request, f"Re-queued {n} dead letters.", messages.SUCCESS)
+
+    @admin.action(description="Drop the selected rows' dead letters")
+    def drop(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        n = deadletters.drop(queryset.values_list("id", flat=True), using=queryset.db)
+        self.message_user(request, f"Dropped {n} dead letters.", messages.SUCCESS)

@@ -23,7 +23,8 @@ class OutboxEntry(models.Model):
 
     id = models.BigAutoField(primary_key=True)
     model = models.CharField(max_length=100)
-    object_pk = models.CharField(max_length=255)
+    # Text: primary keys of any length (a CharField primary key may be longer than 255).
+    object_pk = models.TextField()
     op = models.CharField(max_length=1)
     snapshot = models.TextField(null=True)  # noqa: DJ001  (NULL differs from "")
     created_at = models.DateTimeField(auto_now_add=True)
@@ -48,7 +49,8 @@ class BucketOp(models.Model):
     bucket = models.CharField(max_length=500)
     op = models.CharField(max_length=6)
     object_type = models.CharField(max_length=200, null=True)  # noqa: DJ001  (NULL differs from "")
-    object_id = models.CharField(max_length=255, null=True)  # noqa: DJ001  (NULL differs from "")
+    # Text: the client row id is the source primary key, whatever its length.
+    object_id = models.TextField(null=True)  # noqa: DJ001  (NULL differs from "")
     # JSON text of the row, exactly as sent to clients (PUT only).
     data = models.TextField(null=True)  # noqa: DJ001  (NULL differs from "")
     # Unsigned 32-bit checksum of this op.
@@ -84,11 +86,16 @@ class BucketState(models.Model):
 
 
 class RowBuckets(models.Model):
-    """Which buckets (and as which client row) a source row is currently in."""
+    """Which buckets (and as which client row) a source row is in, in the bucket storage ``version``.
+
+    A row whose ``version`` is not the one being written to is in no bucket of that version (left over from
+    an older version, removed in batches after a rebuild).
+    """
 
     source = models.CharField(max_length=400, primary_key=True)
     # JSON list of [bucket, table, object_id].
     buckets = models.TextField(default="[]")
+    version = models.PositiveIntegerField(default=0, db_index=True)
 
     class Meta:
         verbose_name_plural = "row buckets"
@@ -125,6 +132,29 @@ class ReplicationState(models.Model):
     lease_expires = models.FloatField(default=0)
     rules_hash = models.CharField(max_length=64, blank=True, default="")
     rules_version = models.PositiveIntegerField(default=0)
+    # A rebuild in progress (see ``replication.Rebuild``): 0 when none. Clients keep ``rules_version``
+    # until the build of ``building_version`` is complete and switched to in one short transaction.
+    building_version = models.PositiveIntegerField(default=0)
+    # Definitions hash the build is for ("" when a resync was requested during it: rebuilt once more).
+    building_hash = models.CharField(max_length=64, blank=True, default="")
+    # First op id of the build: older ops (and buckets whose last op is older) belong to older versions.
+    build_first_op = models.BigIntegerField(default=0)
+    # Next op id the build writes (the live ``last_op_id`` does not move while building).
+    build_next_op = models.BigIntegerField(default=0)
+    # Position: model label being read ("" once every model was read: catching up on the outbox) and the
+    # JSON of the last primary key read.
+    build_model = models.CharField(max_length=100, blank=True, default="")
+    build_after = models.TextField(blank=True, default="")
+    build_rows_done = models.BigIntegerField(default=0)
+    build_rows_total = models.BigIntegerField(default=0)
+    build_started = models.FloatField(default=0)
+    # Outbox entries up to this id were committed before the build read any row: the build covers them, they
+    # are deleted without being replayed. PostgreSQL: only once no transaction older than the build's start
+    # (``build_xmax``, 0 once none is left) is running; after a few seconds of waiting, everything is replayed.
+    build_outbox_max = models.BigIntegerField(default=0)
+    build_xmax = models.BigIntegerField(default=0)
+    # Ops with op_id below this (and their buckets, rows of older versions) are removed in batches.
+    cleanup_below = models.BigIntegerField(default=0)
 
     def __str__(self) -> str:
         return f"replication at op {self.last_op_id}"
@@ -144,3 +174,33 @@ class WriteCheckpoint(models.Model):
 
     def __str__(self) -> str:
         return self.key
+
+
+class DeadLetter(models.Model):
+    """An outbox entry that could not be replicated, moved aside so the rest of the outbox keeps flowing.
+
+    ``reason`` is ``error`` (replicating this entry raised ``error``) or ``held`` (a later entry of a row that
+    already has a dead letter: it must not overtake the failed one). ``manage.py powersync_deadletters``
+    lists, retries (per row, in order) or drops them.
+    """
+
+    ERROR = "error"
+    HELD = "held"
+
+    id = models.BigAutoField(primary_key=True)
+    entry_id = models.BigIntegerField()
+    source = models.CharField(max_length=400, db_index=True)
+    model = models.CharField(max_length=100)
+    object_pk = models.TextField()
+    op = models.CharField(max_length=1)
+    snapshot = models.TextField(null=True)  # noqa: DJ001  (NULL differs from "")
+    reason = models.CharField(max_length=5, default=ERROR)
+    error = models.TextField(blank=True, default="")
+    captured_at = models.DateTimeField()
+    failed_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        verbose_name = "dead letter"
+
+    def __str__(self) -> str:
+        return f"{self.entry_id} {self.op} {self.model}:{self.object_pk[:50]} ({self.reason})"

@@ -10,10 +10,25 @@ outbox id can become visible after a larger one, so "everything up to id N" is n
 entries are simply gone and the next batch picks up whatever has become visible. Entries of the same row are
 written after the row's own write (which locks the row until commit), so for any one row id order is commit
 order and a snapshot that sees an entry sees every earlier entry of that row.
+
+Poison entries: when a batch fails with an error that is about its data (not the connection), its entries
+are replicated again in halves, each in its own transaction, down to the entry that fails alone; that one
+is moved to :class:`DeadLetter` (with the error) and logged, the innocent ones replicate. Later entries of a
+row that has a dead letter are dead-lettered too (reason ``held``), so they never overtake it: ``manage.py
+powersync_deadletters retry`` re-queues a row's dead letters in their order.
+
+Rebuilds (:meth:`Replicator._build_step`) run in bounded transactions: the rows of each model are read in
+primary key order, a few thousand per transaction, and written under the new version prefix with op ids
+above the live ones, while streams keep serving the live version. The outbox is not consumed while rows are
+read; afterwards its entries are replayed against the new version (per-row order makes the result the
+current data), and the last of those transactions switches ``rules_version``. Old data is then removed in
+batches. Transient: clients see no change during a rebuild (the live version is frozen) and get everything
+when they move to the new version.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -24,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from django.db import connections, models, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, models, transaction
 
 from . import checksums, metrics, notify
 from .capture import OUTBOX_CHANNEL
@@ -35,6 +50,7 @@ from .models import (
     BucketOp,
     BucketState,
     Checkpoint,
+    DeadLetter,
     OutboxEntry,
     ReplicationState,
     RowBuckets,
@@ -49,6 +65,17 @@ CHECKPOINT_CHANNEL = "powersync_checkpoint"
 MAX_LISTED_BUCKETS = 500
 # Checkpoint rows kept for the SQLite pollers (older ones are pruned).
 CHECKPOINTS_KEPT = 1000
+# Rows read per rebuild transaction, and old ops/rows removed per cleanup transaction.
+BUILD_ROWS = 1000
+# SQLite has one write lock: smaller build transactions keep app writes from waiting long.
+BUILD_ROWS_SQLITE = 500
+CLEANUP_ROWS = 5000
+# Seconds a build waits for transactions older than its start before reading rows (see _build_step).
+SUBSUME_WAIT = 5.0
+# Longest source key kept readable; longer primary keys are hashed (RowBuckets.source is bounded).
+MAX_SOURCE_LENGTH = 300
+# SQLSTATE classes of PostgreSQL errors caused by the data being written: such an entry is a poison entry.
+POISON_SQLSTATE_CLASSES = ("22", "23", "54")
 
 
 class LeaseLost(Exception):
@@ -56,7 +83,25 @@ class LeaseLost(Exception):
 
 
 def source_key(label: str, pk: str) -> str:
-    return f"{label}:{pk}"
+    """``label:pk``; a pk too long for the column becomes ``label#<sha256>`` (labels hold no ``:`` or ``#``)."""
+    key = f"{label}:{pk}"
+    return key if len(key) <= MAX_SOURCE_LENGTH else f"{label}#{hashlib.sha256(pk.encode()).hexdigest()}"
+
+
+def is_poison(exc: BaseException) -> bool:
+    """Whether a failed batch may be caused by the data of an entry (rather than the database connection).
+
+    Python errors (a snapshot that cannot be decoded, ...) and PostgreSQL data, integrity and size-limit
+    errors are; connection, lock, serialization, shutdown and schema errors are not (retrying fixes those).
+    """
+    if isinstance(exc, LeaseLost | InterfaceError):
+        return False
+    if isinstance(exc, DatabaseError):
+        code = getattr(exc.__cause__, "sqlstate", None)
+        if code:
+            return code[:2] in POISON_SQLSTATE_CLASSES
+        return not isinstance(exc, OperationalError)  # SQLite: locked, I/O, missing table
+    return True
 
 
 def decode_snapshot(model: type[models.Model], text: str) -> dict[str, Any]:
@@ -69,15 +114,15 @@ class _Batch:
     """Ops and state changes being assembled for one transaction."""
 
     next_op: int
-    ops: list[BucketOp] = field(default_factory=list)
+    # (op_id, bucket, op, object_type, object_id, data, checksum): rows of the op table
+    ops: list[tuple] = field(default_factory=list)
     deltas: dict[str, list[int]] = field(default_factory=dict)  # bucket -> [checksum, count, last_op]
     models: set[str] = field(default_factory=set)
 
     def add(self, bucket: str, op: str, table: str, object_id: str, data: str | None, checksum: int) -> None:
         op_id = self.next_op
         self.next_op += 1
-        self.ops.append(BucketOp(op_id=op_id, bucket=bucket, op=op, object_type=table, object_id=object_id,
-                                 data=data, checksum=checksum))
+        self.ops.append((op_id, bucket, op, table, object_id, data, checksum))
         d = self.deltas.setdefault(bucket, [0, 0, 0])
         d[0] = (d[0] + checksum) & checksums.MASK
         d[1] += 1
@@ -102,6 +147,8 @@ class Replicator:
         self.using = using
         self.owner = owner or f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.config = get_config()
+        # Set by run_batch: whether more work is pending (a full batch, a build or cleanup under way).
+        self.more = False
 
     # --- lease -----------------------------------------------------------------------------------
 
@@ -120,7 +167,8 @@ class Replicator:
         state.lease_expires = now + self.config["LEASE_SECONDS"]
 
     def try_acquire(self) -> bool:
-        """Take (or renew) the lease; False if another replicator holds it."""
+        """Take (or renew) the lease; False if another replicator holds it (or its batch keeps the database
+        locked right now)."""
         try:
             with write_transaction(self.using):
                 state = self._state_for_update()
@@ -128,6 +176,11 @@ class Replicator:
                 state.save(using=self.using, update_fields=["lease_owner", "lease_expires"])
             return True
         except LeaseLost:
+            return False
+        except OperationalError as exc:
+            if is_poison(exc):
+                raise
+            logger.debug("powersync: lease not taken: %s", exc)
             return False
 
     def release(self) -> None:
@@ -141,39 +194,99 @@ class Replicator:
     def run_batch(self, limit: int | None = None) -> int:
         """Replicate up to ``limit`` outbox entries in one transaction; return how many were processed.
 
-        Also rebuilds bucket storage first when the bucket definitions changed (or never were built).
+        When the bucket definitions changed (or were never built, or a resync was requested), a call does one
+        bounded step of the rebuild instead. ``self.more`` tells whether work remains (build, cleanup, entries).
+        A batch failing because of an entry's data is replicated again in pieces (see :meth:`_isolate`).
         Raises :class:`LeaseLost` when another replicator holds the lease.
         """
         limit = limit or self.config["REPLICATION_BATCH_SIZE"]
         rules = get_rules()
-        with write_transaction(self.using):
+        ids: list[int] = []
+        try:
+            return self._run_batch(rules, limit, ids)
+        except Exception as exc:
+            if not ids or not is_poison(exc):
+                raise
+            logger.warning("powersync: a replication batch of %s entries failed (%s: %s); isolating the culprit",
+                           len(ids), type(exc).__name__, exc)
+            n = self._isolate(rules, ids)
+            self.more = True
+            return n
+
+    def _run_batch(self, rules: Rules, limit: int, ids: list[int]) -> int:
+        """One transaction of :meth:`run_batch`; ``ids`` receives the ids of the entries it replicates."""
+        db = self.using
+        checkpoint: Checkpoint | None = None
+        started = time.monotonic()
+        built = False
+        with write_transaction(db):
             state = self._state_for_update()
             self._hold_lease(state)
-            if state.rules_hash != rules.hash:
-                checkpoint = self._rebuild(state, rules)
-                state.save(using=self.using)
-                transaction.on_commit(lambda: notify.checkpoint_committed(checkpoint.id), using=self.using)
-                return 0
-            entries = list(OutboxEntry.objects.using(self.using).order_by("id")[:limit])
-            if not entries:
-                state.save(using=self.using, update_fields=["lease_owner", "lease_expires"])
-                return 0
-            checkpoint = self._replicate(state, rules, entries)
-        notify.checkpoint_committed(checkpoint.id)
-        return len(entries)
+            if state.building_version and state.building_hash != rules.hash:
+                logger.info("powersync: definitions changed or resync requested during the build of version %s; "
+                            "starting over", state.building_version)
+                self._start_build(state, rules)
+            elif not state.building_version and state.rules_hash != rules.hash:
+                self._start_build(state, rules)
+            building = bool(state.building_version)
+            if building and state.build_model:
+                self._build_step(state, rules)
+                built = self.more = True
+            else:
+                qs = OutboxEntry.objects.using(db).order_by("id")
+                if building:
+                    qs = qs.exclude(op=OutboxEntry.MARKER)  # applied by live batches after the switch
+                    covered = list(qs.filter(id__lte=state.build_outbox_max).values_list("id", flat=True)[:limit])
+                    if covered:  # committed before the build read rows: already in it
+                        OutboxEntry.objects.using(db).filter(id__in=covered).delete()
+                        state.save(using=db, update_fields=["lease_owner", "lease_expires"])
+                        self.more = True
+                        return 0
+                entries = list(qs[:limit])
+                ids.extend(e.id for e in entries)
+                if entries:
+                    checkpoint = self._replicate(state, rules, entries, build=building)
+                if building and len(entries) < limit:
+                    checkpoint = self._switch(state, rules)
+                elif not entries:
+                    state.save(using=db, update_fields=["lease_owner", "lease_expires"])
+                self.more = building or len(entries) >= limit
+                if not self.more and state.cleanup_below:
+                    self.more = self._cleanup_step(state)
+        if checkpoint is not None:
+            notify.checkpoint_committed(checkpoint.id)
+        if built and connections[db].vendor == "sqlite":
+            # A build step held SQLite's only write lock: leave a gap long enough for a waiting writer's busy
+            # handler (it sleeps up to 100 ms between tries) to get it before the next step.
+            time.sleep(min(0.1, max(0.005, (time.monotonic() - started) / 2)))
+        return len(ids)
 
-    def _replicate(self, state: ReplicationState, rules: Rules, entries: list[OutboxEntry]) -> Checkpoint:
+    def _replicate(self, state: ReplicationState, rules: Rules, entries: list[OutboxEntry],
+                   build: bool = False) -> Checkpoint | None:
+        """Turn entries into ops, in the live version or (``build``) in the version being built.
+
+        Returns the checkpoint of a live batch (None while building: the switch writes one).
+        """
         db = self.using
-        batch = _Batch(next_op=state.last_op_id + 1)
+        version = state.building_version if build else state.rules_version
+        batch = _Batch(next_op=state.build_next_op if build else state.last_op_id + 1)
         sources = {source_key(e.model, e.object_pk) for e in entries if e.op != OutboxEntry.MARKER}
         memberships: dict[str, list[list[str]]] = {
-            rb.source: orjson.loads(rb.buckets) for rb in _in_chunks(RowBuckets.objects.using(db), "source", sources)
+            rb.source: orjson.loads(rb.buckets)
+            for rb in _in_chunks(RowBuckets.objects.using(db).filter(version=version), "source", sources)
         }
+        dead_sources = set(_in_chunks(DeadLetter.objects.using(db).values_list("source", flat=True), "source",
+                                      sources))
+        held: list[OutboxEntry] = []
         markers: dict[str, int] = {}
         model_cache: dict[str, type[models.Model] | None] = {}
         for entry in entries:
             if entry.op == OutboxEntry.MARKER:
                 markers[entry.object_pk] = max(markers.get(entry.object_pk, 0), int(entry.snapshot or 0))
+                continue
+            key = source_key(entry.model, entry.object_pk)
+            if key in dead_sources:
+                held.append(entry)  # must not overtake the row's dead letter
                 continue
             model = model_cache.get(entry.model) or _model_for(entry.model, rules)
             model_cache[entry.model] = model
@@ -181,49 +294,86 @@ class Replicator:
             batch.models.update(rules.change_keys(entry.model, entry.snapshot))
             if model is None:
                 continue  # not synced (only read by parameter querysets, or no longer tracked)
-            key = source_key(entry.model, entry.object_pk)
             row = decode_snapshot(model, entry.snapshot) if entry.op == OutboxEntry.SAVE and entry.snapshot else None
-            new = rules.row_buckets(entry.model, row, state.rules_version)
+            new = rules.row_buckets(entry.model, row, version)
             memberships[key] = batch.apply_row(memberships.get(key, []), new)
         self._write_ops(batch)
         transaction.on_commit(lambda: metrics.replicated(len(entries), len(batch.ops)), using=db)
-        self._write_memberships({k: memberships[k] for k in sources if k in memberships})
-        self._apply_markers(markers)
+        self._write_memberships({k: memberships[k] for k in sources if k in memberships}, version)
+        if held:
+            _dead_letters(db, held, DeadLetter.HELD, "an earlier entry of this row is a dead letter")
         OutboxEntry.objects.using(db).filter(id__in=[e.id for e in entries]).delete()
-        state.last_op_id = batch.next_op - 1
         state.outbox_position = max(state.outbox_position, entries[-1].id)
+        if build:
+            state.build_next_op = batch.next_op
+            state.save(using=db)
+            return None
+        self._apply_markers(markers)
+        state.last_op_id = batch.next_op - 1
         state.save(using=db)
         return self._checkpoint(state, batch.deltas.keys(), rules.bounded_keys(batch.models), markers.keys())
 
-    def _write_ops(self, batch: _Batch) -> None:
+    # --- poison entries ------------------------------------------------------------------------------
+
+    def _isolate(self, rules: Rules, ids: list[int]) -> int:
+        """Replicate entries in halves, each in its own transaction; dead-letter the one that fails alone."""
+        try:
+            return self._run_entries(rules, ids)
+        except Exception as exc:
+            if not is_poison(exc):
+                raise
+            if len(ids) == 1:
+                self._dead_letter(ids[0], exc)
+                return 1
+        mid = len(ids) // 2
+        return self._isolate(rules, ids[:mid]) + self._isolate(rules, ids[mid:])
+
+    def _run_entries(self, rules: Rules, ids: list[int]) -> int:
         db = self.using
+        with write_transaction(db):
+            state = self._state_for_update()
+            self._hold_lease(state)
+            entries = list(OutboxEntry.objects.using(db).filter(id__in=ids).order_by("id"))
+            if not entries:
+                return 0
+            building = bool(state.building_version)
+            checkpoint = self._replicate(state, rules, entries, build=building)
+        if checkpoint is not None:
+            notify.checkpoint_committed(checkpoint.id)
+        return len(entries)
+
+    def _dead_letter(self, entry_id: int, exc: BaseException) -> None:
+        db = self.using
+        with write_transaction(db):
+            state = self._state_for_update()
+            self._hold_lease(state)
+            entry = OutboxEntry.objects.using(db).filter(id=entry_id).first()
+            if entry is None:
+                return
+            _dead_letters(db, [entry], DeadLetter.ERROR, f"{type(exc).__name__}: {exc}")
+            OutboxEntry.objects.using(db).filter(id=entry_id).delete()
+            state.save(using=db, update_fields=["lease_owner", "lease_expires"])
+        logger.error("powersync: outbox entry %s (%s %s:%.100s) cannot be replicated and was moved to the dead "
+                     "letters (manage.py powersync_deadletters): %s: %s",
+                     entry_id, entry.op, entry.model, entry.object_pk, type(exc).__name__, exc)
+
+    def _write_ops(self, batch: _Batch) -> None:
+        """Insert the batch's ops and add their totals to the buckets' (multi-row plain SQL: the ORM's
+        per-object insert compilation cost more than the database work)."""
         if not batch.ops:
             return
-        BucketOp.objects.using(db).bulk_create(batch.ops, batch_size=500)
-        existing = {s.bucket: s for s in _in_chunks(BucketState.objects.using(db), "bucket", batch.deltas)}
-        states = []
-        for bucket, (checksum, count, last_op) in batch.deltas.items():
-            s = existing.get(bucket) or BucketState(bucket=bucket)
-            s.checksum = (s.checksum + checksum) & checksums.MASK
-            s.count += count
-            s.stored_ops += count
-            s.ops_since_compaction += count
-            s.last_op_id = last_op
-            states.append(s)
-        BucketState.objects.using(db).bulk_create(
-            states, update_conflicts=True, unique_fields=["bucket"],
-            update_fields=["checksum", "count", "stored_ops", "ops_since_compaction", "last_op_id"], batch_size=500,
-        )
+        _OPS_INSERT.execute(self.using, batch.ops)
+        _STATE_UPSERT.execute(self.using, [
+            (bucket, checksum, count, count, count, last_op, 0)
+            for bucket, (checksum, count, last_op) in batch.deltas.items()
+        ])
 
-    def _write_memberships(self, memberships: dict[str, list[list[str]]]) -> None:
+    def _write_memberships(self, memberships: dict[str, list[list[str]]], version: int) -> None:
         db = self.using
         gone = [k for k, v in memberships.items() if not v]
-        present = [RowBuckets(source=k, buckets=orjson.dumps(v).decode()) for k, v in memberships.items() if v]
         for start in range(0, len(gone), 500):
             RowBuckets.objects.using(db).filter(source__in=gone[start:start + 500]).delete()
-        if present:
-            RowBuckets.objects.using(db).bulk_create(present, update_conflicts=True, unique_fields=["source"],
-                                                     update_fields=["buckets"], batch_size=500)
+        _ROWS_UPSERT.execute(db, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items() if v])
 
     def _apply_markers(self, markers: dict[str, int]) -> None:
         for key, counter in markers.items():
@@ -251,83 +401,228 @@ class Replicator:
 
     # --- rebuild -----------------------------------------------------------------------------------
 
-    def _rebuild(self, state: ReplicationState, rules: Rules) -> Checkpoint:
-        """Build bucket storage from the data querysets under a new definitions version."""
+    def _start_build(self, state: ReplicationState, rules: Rules) -> None:
+        """Begin building a new version (a build already under way is abandoned: its data is cleaned up)."""
         db = self.using
-        started = time.monotonic()
-        version = state.rules_version + 1
-        # Entries visible now are older than the rows read below, so the build includes their effect:
-        # they are consumed by it (markers still advance their write checkpoints).
-        consumed = list(OutboxEntry.objects.using(db).values_list("id", "op", "object_pk", "snapshot"))
-        markers: dict[str, int] = {}
-        for _, op, key, counter in consumed:
-            if op == OutboxEntry.MARKER:
-                markers[key] = max(markers.get(key, 0), int(counter or 0))
-        BucketOp.objects.using(db).all().delete()
-        BucketState.objects.using(db).all().delete()
-        RowBuckets.objects.using(db).all().delete()
-        batch = _Batch(next_op=state.last_op_id + 1)
-        rows = 0
-        for model in rules.models:
-            label = model._meta.label_lower
-            attnames = [f.attname for f in model._meta.concrete_fields]
-            memberships: dict[str, list[list[str]]] = {}
-            for row in model._base_manager.using(db).values(*attnames).iterator(chunk_size=2000):
-                pk = row[model._meta.pk.attname]
-                new = rules.row_buckets(label, row, version)
-                if new:
-                    memberships[source_key(label, str(pk))] = batch.apply_row([], new)
-                rows += 1
-                if len(batch.ops) >= 5000:
-                    self._flush_rebuild(batch, memberships)
-                    memberships = {}
-            self._flush_rebuild(batch, memberships)
-        ids = [row[0] for row in consumed]
-        for start in range(0, len(ids), 500):
-            OutboxEntry.objects.using(db).filter(id__in=ids[start:start + 500]).delete()
-        self._apply_markers(markers)
-        if ids:
-            state.outbox_position = max(state.outbox_position, max(ids))
-        state.last_op_id = batch.next_op - 1
-        state.rules_version = version
-        state.rules_hash = rules.hash
-        # Streams see the version change in this checkpoint and reconnect.
-        checkpoint = self._checkpoint(state, [], [m._meta.label_lower for m in rules.models] + sorted(rules.parameter_models),
-                                      markers, any_bucket=True)
-        logger.info("powersync: built bucket storage version %s from %s rows in %.1f s", version, rows,
-                    time.monotonic() - started)
-        return checkpoint
+        first = max(state.last_op_id, state.build_next_op - 1) + 1
+        state.building_version = max(state.rules_version, state.building_version) + 1
+        state.building_hash = rules.hash
+        state.build_first_op = state.build_next_op = first
+        labels = [m._meta.label_lower for m in rules.models]
+        state.build_model = labels[0] if labels else ""
+        state.build_after = ""
+        state.build_rows_done = 0
+        state.build_rows_total = sum(m._base_manager.using(db).count() for m in rules.models)
+        state.build_started = time.time()
+        state.build_outbox_max = OutboxEntry.objects.using(db).aggregate(m=models.Max("id"))["m"] or 0
+        state.build_xmax = 0
+        if connections[db].vendor == "postgresql":
+            with connections[db].cursor() as cursor:
+                cursor.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text::bigint")
+                state.build_xmax = cursor.fetchone()[0]
+        state.save(using=db)
+        logger.info("powersync: building bucket storage version %s (%s rows)", state.building_version,
+                    state.build_rows_total)
 
-    def _flush_rebuild(self, batch: _Batch, memberships: dict[str, list[list[str]]]) -> None:
-        self._write_ops(batch)
-        batch.ops = []
-        batch.deltas = {}
-        if memberships:
-            RowBuckets.objects.using(self.using).bulk_create(
-                [RowBuckets(source=k, buckets=orjson.dumps(v).decode()) for k, v in memberships.items()],
-                batch_size=500,
+    def _older_transactions_done(self, state: ReplicationState) -> bool:
+        """PostgreSQL: whether every transaction that was running when the build started has ended.
+
+        Until then an entry with an id up to ``build_outbox_max`` may still commit after rows are read, so
+        rows are not read yet. After ``SUBSUME_WAIT`` seconds the build goes ahead and replays every entry.
+        """
+        if not state.build_xmax:
+            return True
+        with connections[self.using].cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_snapshot_xip(pg_current_snapshot()) x WHERE x::text::bigint < %s "
+                "AND x::text::bigint <> coalesce(pg_current_xact_id_if_assigned()::text::bigint, 0)",
+                [state.build_xmax],
             )
+            running = cursor.fetchone()[0]
+        if running and time.time() - state.build_started < SUBSUME_WAIT:
+            return False
+        if running:
+            state.build_outbox_max = 0  # cannot tell which early entries the build will see: replay them all
+        state.build_xmax = 0
+        return True
+
+    def _build_step(self, state: ReplicationState, rules: Rules) -> None:
+        """Read the next ``BUILD_ROWS`` rows of the model being built into the new version."""
+        db = self.using
+        if not self._older_transactions_done(state):
+            state.save(using=db)
+            time.sleep(0.01)
+            return
+        labels = [m._meta.label_lower for m in rules.models]
+        label = state.build_model
+        model = rules.models[labels.index(label)]
+        pk = model._meta.pk
+        version = state.building_version
+        qs = model._base_manager.using(db).order_by(pk.attname).values(*[f.attname for f in model._meta.concrete_fields])
+        if state.build_after:
+            qs = qs.filter(pk__gt=pk.to_python(state.build_after))
+        size = BUILD_ROWS_SQLITE if connections[db].vendor == "sqlite" else BUILD_ROWS
+        size = min(size, BUILD_ROWS)  # tests lower BUILD_ROWS
+        rows = list(qs[:size])
+        batch = _Batch(next_op=state.build_next_op)
+        memberships: dict[str, list[list[str]]] = {}
+        failed: list[DeadLetter] = []
+        for row in rows:
+            try:
+                new = rules.row_buckets(label, row, version)
+            except Exception as exc:  # a row that cannot be rendered must not stop the build
+                failed.append(_row_dead_letter(label, str(row[pk.attname]), exc))
+                continue
+            if new:
+                memberships[source_key(label, str(row[pk.attname]))] = batch.apply_row([], new)
+        self._flush_rebuild(batch, memberships, version)
+        if failed:
+            DeadLetter.objects.using(db).bulk_create(failed)
+            for letter in failed:
+                logger.error("powersync: row %s:%.100s cannot be replicated (build of version %s) and was recorded "
+                             "as a dead letter: %s", label, letter.object_pk, version, letter.error)
+        state.build_next_op = batch.next_op
+        state.build_rows_done += len(rows)
+        if len(rows) == size:
+            state.build_after = str(rows[-1][pk.attname])
+        else:
+            following = labels.index(label) + 1
+            state.build_model = labels[following] if following < len(labels) else ""
+            state.build_after = ""
+        state.save(using=db)
+
+    def _flush_rebuild(self, batch: _Batch, memberships: dict[str, list[list[str]]], version: int) -> None:
+        self._write_ops(batch)
+        _ROWS_UPSERT.execute(self.using, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items()])
+
+    def _switch(self, state: ReplicationState, rules: Rules) -> Checkpoint:
+        """Make the built version the live one (the outbox has been replayed into it)."""
+        version = state.building_version
+        state.rules_version = version
+        state.rules_hash = state.building_hash  # "" when a resync was requested meanwhile: built again
+        state.last_op_id = state.build_next_op - 1
+        state.cleanup_below = state.build_first_op
+        state.building_version = 0
+        state.building_hash = ""
+        state.build_model = state.build_after = ""
+        state.save(using=self.using)
+        logger.info("powersync: built bucket storage version %s from %s rows in %.1f s", version,
+                    state.build_rows_done, time.time() - state.build_started)
+        # Streams see the version change in this checkpoint and reconnect.
+        models_ = [m._meta.label_lower for m in rules.models] + sorted(rules.parameter_models)
+        return self._checkpoint(state, [], models_, [], any_bucket=True)
+
+    def _cleanup_step(self, state: ReplicationState) -> bool:
+        """Remove a bounded amount of data of older versions; return whether some is left."""
+        db = self.using
+        below = state.cleanup_below
+        ops = list(BucketOp.objects.using(db).filter(op_id__lt=below).order_by("op_id")
+                   .values_list("op_id", flat=True)[CLEANUP_ROWS - 1:CLEANUP_ROWS])
+        if ops:
+            BucketOp.objects.using(db).filter(op_id__lte=ops[0]).delete()
+            return True
+        BucketOp.objects.using(db).filter(op_id__lt=below).delete()
+        for qs in (BucketState.objects.using(db).filter(last_op_id__lt=below),
+                   RowBuckets.objects.using(db).exclude(version=state.rules_version)):
+            keys = list(qs.values_list("pk", flat=True)[:CLEANUP_ROWS])
+            if keys:
+                qs.model.objects.using(db).filter(pk__in=keys).delete()
+                return True
+        state.cleanup_below = 0
+        state.save(using=db, update_fields=["cleanup_below"])
+        return False
 
     def request_rebuild(self) -> None:
-        """Force a rebuild on the next batch (``manage.py powersync_resync``)."""
+        """Force a rebuild (``manage.py powersync_resync``); one under way starts over."""
         with write_transaction(self.using):
             state = self._state_for_update()
             self._hold_lease(state)
-            state.rules_hash = ""
-            state.save(using=self.using)
+            _request_rebuild(state, self.using)
 
     def drain(self, max_batches: int | None = None) -> int:
         """Run batches until the outbox is empty; return the number of entries processed."""
         total = 0
         batches = 0
         while max_batches is None or batches < max_batches:
-            state_hash = ReplicationState.objects.using(self.using).filter(pk=1).values_list("rules_hash", flat=True).first()
             n = self.run_batch()
             batches += 1
             total += n
-            if n == 0 and state_hash == get_rules().hash:
+            if n == 0 and not self.more:
                 break
         return total
+
+
+class _Sql:
+    """A multi-row INSERT (or upsert) into one of our tables, built from the model's column names."""
+
+    def __init__(self, model: type[models.Model], fields: list[str], conflict: str = "", updates: str = "") -> None:
+        self.model, self.fields, self.conflict, self.updates = model, fields, conflict, updates
+
+    def _head(self) -> tuple[str, str]:
+        table = self.model._meta.db_table
+        columns = ", ".join(self.model._meta.get_field(f).column for f in self.fields)
+        tail = f" ON CONFLICT ({self.conflict}) DO UPDATE SET {self.updates.format(t=table)}" if self.conflict else ""
+        return f"INSERT INTO {table} ({columns})", tail
+
+    def execute(self, using: str, rows: list[tuple]) -> None:
+        """Insert ``rows`` with multi-row VALUES statements, as few as the parameter limit allows."""
+        if not rows:
+            return
+        connection = connections[using]
+        head, tail = self._head()
+        with connection.cursor() as cursor:
+            marks = "(" + ", ".join(["%s"] * len(self.fields)) + ")"
+            limit = connection.features.max_query_params or 30000
+            per_statement = max(1, min(1000, limit // len(self.fields)))
+            for start in range(0, len(rows), per_statement):
+                chunk = rows[start:start + per_statement]
+                cursor.execute(f"{head} VALUES {', '.join([marks] * len(chunk))}{tail}", [v for row in chunk for v in row])
+
+
+_OPS_INSERT = _Sql(BucketOp, ["op_id", "bucket", "op", "object_type", "object_id", "data", "checksum"])
+_STATE_UPSERT = _Sql(
+    BucketState, ["bucket", "checksum", "count", "stored_ops", "ops_since_compaction", "last_op_id", "compacted_to"],
+    "bucket",
+    f"checksum = ({{t}}.checksum + excluded.checksum) & {checksums.MASK}, count = {{t}}.count + excluded.count, "
+    "stored_ops = {t}.stored_ops + excluded.stored_ops, "
+    "ops_since_compaction = {t}.ops_since_compaction + excluded.ops_since_compaction, "
+    "last_op_id = excluded.last_op_id",
+)
+_ROWS_UPSERT = _Sql(RowBuckets, ["source", "buckets", "version"], "source",
+                    "buckets = excluded.buckets, version = excluded.version")
+
+
+def _request_rebuild(state: ReplicationState, using: str) -> None:
+    state.rules_hash = ""
+    state.building_hash = ""
+    state.save(using=using, update_fields=["rules_hash", "building_hash"])
+
+
+def request_resync(using: str = "default") -> int:
+    """Mark bucket storage for a rebuild by whichever replicator runs next; return the live version."""
+    with write_transaction(using):
+        ReplicationState.objects.using(using).get_or_create(pk=1)
+        state = ReplicationState.objects.using(using).select_for_update().get(pk=1)
+        _request_rebuild(state, using)
+    return state.rules_version
+
+
+def _dead_letters(using: str, entries: list[OutboxEntry], reason: str, error: str) -> None:
+    DeadLetter.objects.using(using).bulk_create([
+        DeadLetter(entry_id=e.id, source=source_key(e.model, e.object_pk), model=e.model, object_pk=e.object_pk,
+                   op=e.op, snapshot=e.snapshot, reason=reason, error=error, captured_at=e.created_at)
+        for e in entries
+    ])
+
+
+def _row_dead_letter(label: str, pk: str, exc: BaseException) -> DeadLetter:
+    """A row the build could not render: no outbox entry (``entry_id`` 0, no snapshot); retrying it captures
+    the row's current state again."""
+    from django.utils import timezone
+
+    return DeadLetter(entry_id=0, source=source_key(label, pk), model=label, object_pk=pk, op=OutboxEntry.SAVE,
+                      snapshot=None, reason=DeadLetter.ERROR, error=f"{type(exc).__name__}: {exc}",
+                      captured_at=timezone.now())
 
 
 def _model_for(label: str, rules: Rules) -> type[models.Model] | None:
@@ -393,7 +688,7 @@ class ReplicatorWorker:
                     self.wake_event.clear()
                     n = self.replicator.run_batch()
                     last_renew = time.monotonic()
-                    if n >= self.config["REPLICATION_BATCH_SIZE"]:
+                    if self.replicator.more or n >= self.config["REPLICATION_BATCH_SIZE"]:
                         continue
                     if n == 0:
                         self._wait(listener, last_renew)
@@ -430,26 +725,63 @@ class ReplicatorWorker:
 
 
 class _OutboxListener:
-    """PostgreSQL LISTEN on the outbox channel, on its own autocommit connection."""
+    """PostgreSQL LISTEN on the outbox channel, on its own autocommit connection.
+
+    A lost connection (server restart, ``pg_terminate_backend``) is reopened on the next wait; a wait that
+    had to reconnect returns at once, since notifications sent meanwhile were lost.
+    """
 
     def __init__(self, using: str) -> None:
+        self.using = using
+        self.conn: Any = None
+        self._connect()
+
+    def _connect(self) -> None:
         import psycopg
 
-        params = connections[using].get_connection_params()
+        params = connections[self.using].get_connection_params()
         params.pop("cursor_factory", None)
         params.pop("context", None)
         self.conn = psycopg.connect(**params, autocommit=True)
         self.conn.execute(f"LISTEN {OUTBOX_CHANNEL}")
 
-    def wait(self, wake: threading.Event, timeout: float) -> None:
+    def wait(self, wake: threading.Event, timeout: float) -> str:
+        """Wait for a notification; returns ``notified``, ``woken``, ``timeout`` or ``reconnected``."""
+        import psycopg
+
+        if self.conn is None:
+            if self._try_connect():
+                return "reconnected"
+            wake.wait(timeout)  # the server is still unreachable: no busy loop
+            return "timeout"
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and not wake.is_set():
-            for _ in self.conn.notifies(timeout=0.05, stop_after=1):
-                return
+        try:
+            while time.monotonic() < deadline and not wake.is_set():
+                for _ in self.conn.notifies(timeout=0.05, stop_after=1):
+                    return "notified"
+        except psycopg.Error as exc:
+            logger.warning("powersync: outbox LISTEN connection lost (%s); reconnecting", exc)
+            self.close()
+            self.conn = None
+            return "reconnected" if self._try_connect() else "timeout"
+        return "woken" if wake.is_set() else "timeout"
+
+    def _try_connect(self) -> bool:
+        import psycopg
+
+        try:
+            self._connect()
+        except psycopg.Error as exc:
+            logger.warning("powersync: cannot reopen the outbox LISTEN connection yet (%s)", exc)
+            self.conn = None
+            return False
+        logger.info("powersync: outbox LISTEN connection reopened")
+        return True
 
     def close(self) -> None:
         try:
-            self.conn.close()
+            if self.conn is not None:
+                self.conn.close()
         except Exception:
             pass
 

@@ -332,10 +332,20 @@ def _request_params(fields: Mapping[str, models.Field], names: list[str], values
         out.append(_encode_param(value))
     return out
 
+# Longest parameter array kept readable in a bucket id; longer ones are hashed (bucket columns are bounded).
+MAX_BUCKET_PARAMETERS_LENGTH = 200
+
 
 def bucket_id(name: str, values: Iterable[Any], version: int) -> str:
-    """PowerSync bucket id: ``<version>#<name>["v1","v2"]`` (``name[]`` without parameters)."""
+    """PowerSync bucket id: ``<version>#<name>["v1","v2"]`` (``name[]`` without parameters).
+
+    Parameter arrays longer than :data:`MAX_BUCKET_PARAMETERS_LENGTH` characters are replaced by their
+    SHA-256: ``<version>#<name>#<hex>``. Replication and requests both compute ids here, so they agree; a
+    hashed id never equals a readable one (those end with ``]``).
+    """
     array = orjson.dumps(list(values)).decode()
+    if len(array) > MAX_BUCKET_PARAMETERS_LENGTH:
+        array = "#" + hashlib.sha256(array.encode()).hexdigest()
     return f"{version}#{name}{array}" if version else f"{name}{array}"
 
 

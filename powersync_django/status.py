@@ -12,7 +12,15 @@ from typing import Any
 from django.db import DEFAULT_DB_ALIAS, models
 from django.utils import timezone
 
-from .models import BucketState, Checkpoint, OutboxEntry, ReplicationState, RowBuckets, WriteCheckpoint
+from .models import (
+    BucketState,
+    Checkpoint,
+    DeadLetter,
+    OutboxEntry,
+    ReplicationState,
+    RowBuckets,
+    WriteCheckpoint,
+)
 from .rules import get_rules
 
 
@@ -34,6 +42,13 @@ class Status:
     write_checkpoints_pending: int
     lease_owner: str
     lease_expires_in: float | None
+    # Entries moved aside (``manage.py powersync_deadletters``) and when the newest one failed.
+    dead_letters: int = 0
+    last_dead_letter_at: str | None = None
+    # Rebuild under way: the version being built, rows read so far and rows to read (approximate).
+    building_version: int = 0
+    build_rows_done: int = 0
+    build_rows_total: int = 0
 
     @property
     def lag(self) -> float:
@@ -52,6 +67,7 @@ def get_status(using: str = DEFAULT_DB_ALIAS) -> Status:
     checkpoint = Checkpoint.objects.using(using).order_by("-id").first()
     totals = BucketState.objects.using(using).aggregate(n=models.Count("bucket"), ops=models.Sum("stored_ops"))
     lease_live = state is not None and state.lease_owner and state.lease_expires > time.time()
+    dead = DeadLetter.objects.using(using).aggregate(n=models.Count("id"), last=models.Max("failed_at"))
     return Status(
         pending_entries=outbox["n"],
         oldest_pending_age=(now - outbox["oldest"]).total_seconds() if outbox["oldest"] else None,
@@ -67,6 +83,11 @@ def get_status(using: str = DEFAULT_DB_ALIAS) -> Status:
         write_checkpoints_pending=WriteCheckpoint.objects.using(using).filter(replicated__lt=models.F("issued")).count(),
         lease_owner=state.lease_owner if lease_live and state else "",
         lease_expires_in=round(state.lease_expires - time.time(), 1) if lease_live and state else None,
+        dead_letters=dead["n"],
+        last_dead_letter_at=dead["last"].isoformat() if dead["last"] else None,
+        building_version=state.building_version if state else 0,
+        build_rows_done=state.build_rows_done if state and state.building_version else 0,
+        build_rows_total=state.build_rows_total if state and state.building_version else 0,
     )
 
 
@@ -123,7 +144,10 @@ def format_status(s: Status) -> list[str]:
         storage = f"version {s.rules_version}"
     else:
         storage = f"version {s.rules_version}, definitions changed: rebuilt on the next batch"
-    return [
+    if s.building_version:
+        storage += (f"; building version {s.building_version}: {s.build_rows_done} of ~{s.build_rows_total} rows "
+                    "read")
+    lines = [
         f"Outbox pending:        {s.pending_entries} entries (oldest {_age(s.oldest_pending_age)} ago)",
         f"Replication lag:       {_age(s.lag) if s.pending_entries else '0 (up to date)'}",
         f"Last checkpoint:       {s.last_checkpoint_id} at op {s.last_op_id}"
@@ -135,7 +159,10 @@ def format_status(s: Status) -> list[str]:
         f"Write checkpoints due: {s.write_checkpoints_pending}",
         f"Active replicator:     {s.lease_owner or 'none'}"
         + (f" (lease expires in {s.lease_expires_in} s)" if s.lease_expires_in is not None else ""),
+        f"Dead letters:          {s.dead_letters}"
+        + (f" (last at {s.last_dead_letter_at}; see manage.py powersync_deadletters)" if s.dead_letters else ""),
     ]
+    return lines
 
 
 # --- the admin status page -----------------------------------------------------------------------------

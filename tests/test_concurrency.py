@@ -459,11 +459,11 @@ def test_writes_committed_during_a_build_are_kept(monkeypatch):
     original = Replicator._flush_rebuild
     calls: list[int] = []
 
-    def flush(self, batch, memberships):
+    def flush(self, batch, memberships, version):
         calls.append(1)
         if len(calls) == 1:
             _in_thread(concurrent_writes).join(10)
-        return original(self, batch, memberships)
+        return original(self, batch, memberships, version)
 
     monkeypatch.setattr(Replicator, "_flush_rebuild", flush)
     from powersync_django.management.commands.powersync_resync import request_resync

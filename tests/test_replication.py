@@ -7,19 +7,21 @@ import uuid
 
 import orjson
 import pytest
-from django.db import transaction
+from django.db import OperationalError, transaction
 from django.test import override_settings
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from storage_checks import check_storage, expected_storage, reduced_storage  # noqa: F401  (used by other test modules)
 
 from demo_project.todos.models import Todo, TodoList
-from powersync_django import checksums, storage
+from powersync_django import checksums, replication, storage
 from powersync_django.capture import PowerSyncQuerySet, record_changed
 from powersync_django.conf import get_config
 from powersync_django.models import (
     BucketOp,
     BucketState,
     Checkpoint,
+    DeadLetter,
     OutboxEntry,
     ReplicationState,
     RowBuckets,
@@ -27,79 +29,6 @@ from powersync_django.models import (
 )
 from powersync_django.replication import LeaseLost, Replicator, replicate_now
 from powersync_django.rules import get_rules
-
-# --- what storage must look like (also used by test_concurrency) -----------------------------------
-
-Rows = dict[tuple[str, str], str]  # (table, object_id) -> data JSON
-
-
-def reduced_storage(using: str = "default") -> dict[str, Rows]:
-    """Each bucket's ops as a client applies them: the latest PUT of a row stays, a REMOVE drops it.
-
-    Also checks that every REMOVE removes a row the bucket holds (a duplicate REMOVE would be a bug).
-    """
-    out: dict[str, Rows] = {}
-    for bucket, op, table, object_id, data in BucketOp.objects.using(using).order_by("op_id").values_list(
-        "bucket", "op", "object_type", "object_id", "data"
-    ):
-        rows = out.setdefault(bucket, {})
-        if op == BucketOp.PUT:
-            rows[(table, object_id)] = data
-        else:
-            assert op == BucketOp.REMOVE, op
-            assert (table, object_id) in rows, f"REMOVE of {table}/{object_id} not in {bucket}"
-            del rows[(table, object_id)]
-    return {b: rows for b, rows in out.items() if rows}
-
-
-def expected_storage(using: str = "default") -> dict[str, Rows]:
-    """What the data querysets say each bucket holds now (current definitions and version)."""
-    rules = get_rules()
-    version = ReplicationState.objects.using(using).get(pk=1).rules_version
-    out: dict[str, Rows] = {}
-    for model in rules.models:
-        label = model._meta.label_lower
-        for row in model._base_manager.using(using).values(*[f.attname for f in model._meta.concrete_fields]):
-            for bucket, table, object_id, data in rules.row_buckets(label, row, version):
-                out.setdefault(bucket, {})[(table, object_id)] = data
-    return out
-
-
-def check_storage(using: str = "default") -> None:
-    """Every invariant of replicated storage, against a recomputation from the ops and the querysets."""
-    state = ReplicationState.objects.using(using).get(pk=1)
-    assert not OutboxEntry.objects.using(using).exclude(op=OutboxEntry.MARKER).exists()
-    ops = list(BucketOp.objects.using(using).order_by("op_id"))
-    totals: dict[str, list[int]] = {}
-    for op in ops:
-        if op.op == BucketOp.PUT:
-            assert op.checksum == checksums.put_checksum(op.object_type, op.object_id, op.data)
-        else:
-            assert op.checksum == checksums.remove_checksum(op.object_type, op.object_id)
-        t = totals.setdefault(op.bucket, [0, 0, 0])
-        t[0] = checksums.add(t[0], op.checksum)
-        t[1] += 1
-        t[2] = op.op_id
-    states = {s.bucket: s for s in BucketState.objects.using(using)}
-    assert set(states) == set(totals)
-    for bucket, (checksum, count, last) in totals.items():
-        s = states[bucket]
-        assert (s.checksum, s.count, s.last_op_id, s.stored_ops) == (checksum, count, last, count), bucket
-        assert bucket.startswith(f"{state.rules_version}#")
-    assert state.last_op_id == (ops[-1].op_id if ops else state.last_op_id)
-    assert state.rules_hash == get_rules().hash
-    latest = Checkpoint.objects.using(using).order_by("-id").first()
-    assert latest is not None and latest.last_op_id == state.last_op_id
-    reduced = reduced_storage(using)
-    assert reduced == expected_storage(using)
-    # Row memberships say exactly which buckets hold each row.
-    members: dict[str, set[tuple[str, str, str]]] = {}
-    for bucket, rows in reduced.items():
-        for table, object_id in rows:
-            model = next(q.label for q in get_rules().by_model.values() for q in q if q.table == table)
-            members.setdefault(f"{model}:{object_id}", set()).add((bucket, table, object_id))
-    stored = {rb.source: {tuple(x) for x in orjson.loads(rb.buckets)} for rb in RowBuckets.objects.using(using)}
-    assert stored == members
 
 
 def ops_of(object_id: object) -> list[tuple[str, str]]:
@@ -134,7 +63,7 @@ def test_existing_rows_are_built_on_first_replication():
     check_storage()
     assert set(reduced_storage()) == {lists_bucket("u1"), todos_bucket(lst)}
     assert len(reduced_storage()[todos_bucket(lst)]) == 4
-    # One PUT per row: the pending entry was consumed by the build, not replayed on top of it.
+    # One PUT per row: the pending entry was committed before the build read rows, so it is not replayed.
     assert BucketOp.objects.count() == 5
     assert ops_of(todos[0].pk) == [("PUT", todos_bucket(lst))]
 
@@ -322,8 +251,8 @@ def test_write_checkpoint_never_goes_back():
 # --- crash injection ---------------------------------------------------------------------------------
 
 
-class Crash(Exception):
-    pass
+class Crash(OperationalError):
+    """A failure that is not about the data (as a lost connection): the batch is retried as a whole."""
 
 
 def crash_once(monkeypatch: pytest.MonkeyPatch, name: str, after: bool = False) -> list[bool]:
@@ -407,19 +336,35 @@ def test_crash_inside_a_batch_loses_and_duplicates_nothing(monkeypatch, point, a
 
 
 @pytest.mark.django_db(transaction=True)
-@pytest.mark.parametrize("point", ["_flush_rebuild", "_apply_markers", "_checkpoint"])
-def test_crash_during_a_build_loses_nothing(monkeypatch, point):
+@pytest.mark.parametrize(("point", "after"), [
+    ("_start_build", True), ("_flush_rebuild", False), ("_flush_rebuild", True), ("_switch", True),
+    ("_checkpoint", False), ("_cleanup_step", False), ("_apply_markers", False),
+])
+def test_crash_during_a_build_loses_nothing(monkeypatch, point, after):
+    """A crash at any step of a (multi-transaction) build: the step rolls back, the build resumes from there."""
+    monkeypatch.setattr(replication, "BUILD_ROWS", 2)
+    monkeypatch.setattr(replication, "CLEANUP_ROWS", 2)
+    replicate_now()
     make_changes()
     storage.create_write_checkpoint("u1", "c")
-    before = snapshot_storage()
-    crash_once(monkeypatch, point)
-    with pytest.raises(Crash):
-        Replicator(owner="x").run_batch()
-    assert snapshot_storage() == before
     replicate_now()
+    Replicator(owner="x").request_rebuild()
+    Replicator(owner="x").release()
+    TodoList.objects.create(name="pending", owner_id="u1")
+    storage.create_write_checkpoint("u1", "c")
+    fired = crash_once(monkeypatch, point, after)
+    replicator = Replicator(owner="x")
+    with pytest.raises(Crash):
+        for _ in range(100):
+            before = snapshot_storage()
+            replicator.run_batch()
+    assert fired
+    assert snapshot_storage() == before
+    replicator.drain()
+    replicator.release()
     check_storage()
-    assert state().rules_version == 1 and BucketOp.objects.count() == 6
-    assert storage.replicated_write_checkpoint(storage.write_checkpoint_key("u1", "c")) == 1
+    assert state().rules_version == 2 and state().building_version == 0
+    assert storage.replicated_write_checkpoint(storage.write_checkpoint_key("u1", "c")) == 2
 
 
 # --- lease ---------------------------------------------------------------------------------------
@@ -436,8 +381,7 @@ def test_only_the_lease_holder_replicates():
     with pytest.raises(LeaseLost):
         second.request_rebuild()
     assert OutboxEntry.objects.count() == 1
-    first.run_batch()  # build
-    first.run_batch()
+    first.drain()  # build, then the entries
     assert not OutboxEntry.objects.exists() and ops_of(lst.pk)
     # The lease expires when the holder stops renewing it: the other one takes over.
     ReplicationState.objects.filter(pk=1).update(lease_expires=time.time() - 1)
@@ -663,10 +607,329 @@ def test_a_batch_costs_a_bounded_number_of_queries(django_assert_max_num_queries
     replicate_now()
     lst = TodoList.objects.create(name="a", owner_id="u1")
     PowerSyncQuerySet(Todo).bulk_create([Todo(list=lst, description=f"b{i}") for i in range(999)])
-    with django_assert_max_num_queries(25):
+    with django_assert_max_num_queries(25):  # one of them: the dead letters of the batch's rows
         assert Replicator(owner="q").run_batch() == 1000
     r = Replicator(owner="q")
     r.request_rebuild()
-    with django_assert_max_num_queries(30):
-        r.run_batch()
+    r.more = True
+    while r.more:  # every step of a rebuild too
+        with django_assert_max_num_queries(30):
+            r.run_batch()
     check_storage()
+
+
+# --- poison entries --------------------------------------------------------------------------------
+
+
+def poison(todo: Todo, snapshot: str = "{not json") -> OutboxEntry:
+    """The latest outbox entry of a todo, made impossible to replicate (a snapshot that cannot be decoded)."""
+    entry = OutboxEntry.objects.filter(object_pk=str(todo.pk)).latest("id")
+    entry.snapshot = snapshot
+    entry.save()
+    return entry
+
+
+@pytest.mark.django_db
+def test_a_poison_entry_is_dead_lettered_and_the_rest_replicates():
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    replicate_now()
+    todos = [Todo.objects.create(list=lst, description=f"t{i}") for i in range(10)]
+    bad = poison(todos[4])
+    todos[4].description = "later change of the poisoned row"
+    todos[4].save()
+    storage.create_write_checkpoint("u1", "c")
+    replicate_now()
+    assert not OutboxEntry.objects.exists()
+    # Only the culprit and the later entry of its row; every other todo replicated (none overtook it).
+    letters = list(DeadLetter.objects.order_by("id"))
+    assert [(x.entry_id, x.reason) for x in letters] == [(bad.id, "error"), (letters[1].entry_id, "held")]
+    assert letters[1].entry_id > bad.id and "later change" in letters[1].snapshot
+    assert letters[0].object_pk == str(todos[4].pk) and letters[0].snapshot == "{not json"
+    assert "JSONDecodeError" in letters[0].error and letters[0].model == "todos.todo"
+    assert {t.pk for t in todos} - {t.pk for t in todos[4:5]} == {
+        uuid.UUID(o) for o in BucketOp.objects.filter(bucket=todos_bucket(lst)).values_list("object_id", flat=True)}
+    assert not ops_of(todos[4].pk)
+    assert storage.replicated_write_checkpoint(storage.write_checkpoint_key("u1", "c")) == 1
+    # Later changes of the row are held back too, until the dead letters are retried or dropped.
+    todos[4].description = "third change"
+    todos[4].save()
+    replicate_now()
+    assert DeadLetter.objects.count() == 3 and not ops_of(todos[4].pk)
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("size", [1, 2, 7, 1000])
+def test_isolation_dead_letters_only_the_culprit(monkeypatch, size):
+    """A failing batch is split until the entry that fails alone: innocent entries are never dead-lettered."""
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    replicate_now()
+    todos = PowerSyncQuerySet(Todo).bulk_create([Todo(list=lst, description=f"t{i}") for i in range(size)])
+    culprit = todos[size // 2]
+    original = replication.decode_snapshot
+
+    def decode(model, text):
+        if orjson.loads(text)["id"] == str(culprit.pk):
+            raise ValueError("undecodable")
+        return original(model, text)
+
+    monkeypatch.setattr(replication, "decode_snapshot", decode)
+    replicate_now()
+    assert list(DeadLetter.objects.values_list("object_pk", "reason", "error")) == [
+        (str(culprit.pk), "error", "ValueError: undecodable")]
+    assert BucketOp.objects.filter(bucket=todos_bucket(lst)).count() == size - 1
+    # The cause fixed, a retry replicates the row; storage then equals the querysets.
+    monkeypatch.setattr(replication, "decode_snapshot", original)
+    from powersync_django import deadletters
+
+    assert deadletters.retry() == 1
+    replicate_now()
+    assert not DeadLetter.objects.exists()
+    check_storage()
+
+
+@pytest.mark.django_db
+def test_retry_requeues_a_rows_dead_letters_in_order_before_its_newer_entries(monkeypatch):
+    from powersync_django import deadletters
+
+    replicate_now()
+    a = TodoList.objects.create(name="a", owner_id="u1")
+    b = TodoList.objects.create(name="b", owner_id="u2")
+    todo = Todo.objects.create(list=a, description="v1")
+    poison(todo, snapshot=orjson.dumps({"id": str(todo.pk), "list_id": str(a.pk), "description": "v1",
+                                        "completed": "not a boolean", "created_at": "bad date"}).decode())
+    todo.list = b
+    todo.description = "v2"
+    todo.save()
+    original = replication.decode_snapshot
+    monkeypatch.setattr(replication, "decode_snapshot",
+                        lambda m, t: (_ for _ in ()).throw(ValueError("bad")) if "bad date" in t else original(m, t))
+    replicate_now()
+    assert DeadLetter.objects.count() == 2
+    todo.description = "v3"  # pending in the outbox when the retry happens
+    todo.save()
+    monkeypatch.setattr(replication, "decode_snapshot", original)
+    ids = list(DeadLetter.objects.filter(reason="error").values_list("id", flat=True))
+    with pytest.raises(Exception):  # noqa: B017  (the poisoned snapshot itself is still not decodable)
+        original(Todo, DeadLetter.objects.get(id=ids[0]).snapshot)
+    DeadLetter.objects.filter(id=ids[0]).update(snapshot=None, op=OutboxEntry.DELETE)  # "fixed" by hand
+    assert deadletters.retry(ids) == 2  # the whole row: the failed entry and the one held behind it
+    assert [e.snapshot is None for e in OutboxEntry.objects.order_by("id")] == [True, False, False]
+    assert "v3" in OutboxEntry.objects.order_by("id").last().snapshot
+    replicate_now()
+    assert not DeadLetter.objects.exists()
+    check_storage()
+    assert orjson.loads(BucketOp.objects.filter(object_id=str(todo.pk)).latest("op_id").data)["description"] == "v3"
+
+
+@pytest.mark.django_db
+def test_dropped_dead_letters_release_the_row():
+    from powersync_django import deadletters
+
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    todo = Todo.objects.create(list=lst, description="v1")
+    poison(todo)
+    todo.description = "v2"
+    todo.save()
+    replicate_now()
+    assert DeadLetter.objects.count() == 2
+    assert deadletters.drop([DeadLetter.objects.get(reason="held").id]) == 2  # per row
+    todo.description = "v3"
+    todo.save()
+    replicate_now()
+    check_storage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_connection_errors_are_retried_not_dead_lettered(monkeypatch):
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    Todo.objects.create(list=lst, description="x")
+    crash_once(monkeypatch, "_write_ops")
+    with pytest.raises(Crash):
+        Replicator(owner="x").run_batch()
+    assert not DeadLetter.objects.exists() and OutboxEntry.objects.count() == 2
+    replicate_now()
+    check_storage()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_value_the_database_rejects_is_dead_lettered(vendor):
+    """A value the database rejects (PostgreSQL: numeric out of range, a DataError) only stops its entry."""
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    good = Todo.objects.create(list=lst, description="fine")
+    # The database rejects what the replicator writes: a checksum outside BIGINT (Python-side it is fine).
+    original = checksums.put_checksum
+
+    def checksum(table, object_id, data):
+        return 2**70 if "poison" in data else original(table, object_id, data)
+
+    bad = Todo.objects.create(list=lst, description="poison")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(checksums, "put_checksum", checksum)
+        replicate_now()
+    [letter] = DeadLetter.objects.all()
+    assert letter.object_pk == str(bad.pk) and letter.reason == "error"
+    assert ops_of(good.pk) and not ops_of(bad.pk)
+
+
+# --- PostgreSQL LISTEN ---------------------------------------------------------------------------
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_outbox_listener_reconnects_after_its_backend_is_terminated():
+    import threading
+
+    from django.db import connection
+
+    from powersync_django.replication import _OutboxListener
+
+    listener = _OutboxListener("default")
+    wake = threading.Event()
+    try:
+        old_pid = listener.conn.info.backend_pid
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [old_pid])
+        # The next wait notices, reconnects and returns at once (notifications may have been missed).
+        assert listener.wait(wake, 30) == "reconnected"
+        assert listener.conn.info.backend_pid != old_pid
+        # A change committed now wakes the listener through the new connection.
+        TodoList.objects.create(name="after reconnect", owner_id="u1")
+        assert listener.wait(wake, 30) == "notified"
+    finally:
+        listener.close()
+
+
+# --- bounded rebuilds ------------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_rebuild_runs_in_bounded_steps_while_the_live_version_serves_and_writes_go_on(monkeypatch):
+    """Each step is its own short transaction; clients keep the old version until the switch; writes made
+    between steps (saves, moves, deletes, creations) end up in the new version; old data is removed after."""
+    monkeypatch.setattr(replication, "BUILD_ROWS", 3)
+    monkeypatch.setattr(replication, "CLEANUP_ROWS", 4)
+    replicate_now()
+    lists = [TodoList.objects.create(name=f"l{i}", owner_id=f"u{i}") for i in range(4)]
+    todos = [Todo.objects.create(list=lists[i % 4], description=f"t{i}") for i in range(20)]
+    replicate_now()
+    old_bucket = todos_bucket(lists[0], 1)
+    old_state = storage.read_checkpoint([old_bucket])
+    r = Replicator(owner="builder")
+    r.request_rebuild()
+    steps = 0
+    while state().building_version or steps == 0:
+        r.run_batch()
+        steps += 1
+        if state().building_version:
+            # Still serving version 1, unchanged, while version 2 is built.
+            assert storage.read_checkpoint([old_bucket]) == old_state
+            i = steps % 20
+            todos[i].description = f"changed during step {steps}"
+            todos[i].list = lists[(i + 1) % 4]
+            todos[i].save()
+            if steps == 3:
+                todos[19].delete()
+                lists[3].owner_id = "moved"
+                lists[3].save()
+            if steps == 5:
+                Todo.objects.create(list=lists[2], description="created during the build")
+    assert steps >= 10  # lists in 2 transactions, todos in 7 (3 rows each), then the replay and switch
+    assert state().rules_version == 2
+    r.drain()  # the rest of the outbox, then cleanup of version 1 in batches
+    r.release()
+    assert not BucketOp.objects.filter(bucket__startswith="1#").exists()
+    assert not RowBuckets.objects.exclude(version=2).exists()
+    check_storage()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("give_up", [False, True])
+def test_a_build_waits_for_transactions_older_than_its_start(monkeypatch, give_up):
+    """PostgreSQL: an entry whose id is below the build's start may commit later. Rows are read only once
+    every older transaction ended (then early entries are not replayed), or after SUBSUME_WAIT (then all are)."""
+    import threading
+
+    from django.db import connections
+
+    if give_up:
+        monkeypatch.setattr(replication, "SUBSUME_WAIT", 0.0)
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    todo = Todo.objects.create(list=lst, description="before")
+    replicate_now()
+    written, release = threading.Event(), threading.Event()
+
+    def slow_writer() -> None:
+        try:
+            with transaction.atomic():
+                Todo.objects.filter(pk=todo.pk).update(description="committed late")
+                record_changed(Todo, [todo.pk])
+                written.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=slow_writer)
+    thread.start()
+    assert written.wait(30)
+    other = Todo.objects.create(list=lst, description="committed first, larger id")
+    r = Replicator(owner="b")
+    r.request_rebuild()
+    r.run_batch()  # starts the build
+    r.run_batch()
+    assert state().build_rows_done == (3 if give_up else 0)
+    release.set()
+    thread.join(30)
+    r.drain()
+    r.release()
+    check_storage()
+    assert '"committed late"' in BucketOp.objects.filter(object_id=str(todo.pk)).latest("op_id").data
+    assert ops_of(other.pk)
+
+
+@pytest.mark.django_db
+def test_a_row_the_build_cannot_render_is_dead_lettered_and_retried_from_the_table(monkeypatch):
+    from powersync_django import deadletters
+    from powersync_django.rules import Rules
+
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    todos = [Todo.objects.create(list=lst, description=f"t{i}") for i in range(3)]
+    original = Rules.row_buckets
+
+    def row_buckets(self, label, row, version):
+        if row and row.get("id") == todos[1].pk:
+            raise ValueError("cannot render")
+        return original(self, label, row, version)
+
+    monkeypatch.setattr(Rules, "row_buckets", row_buckets)
+    replicate_now()  # the first build
+    [letter] = DeadLetter.objects.all()
+    assert (letter.entry_id, letter.object_pk, letter.snapshot, letter.error) == (
+        0, str(todos[1].pk), None, "ValueError: cannot render")
+    assert state().rules_version == 1 and len(reduced_storage()[todos_bucket(lst)]) == 2
+    monkeypatch.setattr(Rules, "row_buckets", original)
+    todos[1].description = "fixed"
+    todos[1].save()  # held behind the dead letter
+    replicate_now()
+    assert DeadLetter.objects.count() == 2
+    assert deadletters.retry() == 2
+    replicate_now()
+    check_storage()
+    assert '"fixed"' in BucketOp.objects.filter(object_id=str(todos[1].pk)).latest("op_id").data
+
+
+@pytest.mark.django_db
+def test_a_locked_database_means_the_lease_is_not_taken_yet(monkeypatch):
+    """SQLite busy / PostgreSQL lock errors while taking the lease: not taken, the caller tries again later."""
+
+    def locked(self):
+        raise OperationalError("database table is locked")
+
+    monkeypatch.setattr(Replicator, "_state_for_update", locked)
+    assert Replicator(owner="x").try_acquire() is False

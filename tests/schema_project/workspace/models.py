@@ -147,3 +147,13 @@ class Specimen(models.Model):
 
     def __str__(self) -> str:
         return str(self.id)
+
+
+class Label(models.Model):
+    """Free-text keys: a primary key and a bucket parameter longer than any bounded column (1,000+ chars)."""
+
+    key = models.CharField(max_length=5000, primary_key=True)
+    name = models.TextField()
+
+    def __str__(self) -> str:
+        return self.key[:50]
