@@ -1,5 +1,6 @@
 """The wheel installs the reusable app only: not the demo project, its migrations or the tests."""
 
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -9,8 +10,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_wheel_contains_only_the_app(tmp_path):
+    # Built from a clean copy of the sources: setuptools reuses a checkout's build/ directory.
+    source = tmp_path / "src"
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "node_modules", "build", "*.egg-info", "__pycache__", "*.sqlite3", "static"))
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                    str(tmp_path), str(REPO)], check=True, capture_output=True, cwd=tmp_path)
+                    str(tmp_path), str(source)], check=True, capture_output=True, cwd=tmp_path)
     (wheel,) = tmp_path.glob("powersync_django-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     top = {name.split("/", 1)[0] for name in names}

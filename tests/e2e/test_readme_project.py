@@ -1,8 +1,9 @@
-"""The README's "Use it in your project" steps, literally, in a fresh ``django-admin startproject``.
+"""The README's "Use it in your project" steps, literally, in a fresh ``django-admin startproject``, served by
+runserver and by uvicorn.
 
 Every code block of that section preceded by a ``<!-- readme-test: ... -->`` marker is applied as written:
 ``run`` blocks are executed line by line (``pip install`` is skipped: the checkout under test is installed
-already; ``runserver`` gets a free port and ``--noreload``), ``write FILE`` replaces a file, ``append FILE``
+already; ``runserver`` and ``uvicorn`` get free ports, ``runserver`` ``--noreload``), ``write FILE`` replaces a file, ``append FILE``
 appends to it. Then a row is synced to the official client through the server the README starts.
 """
 
@@ -44,8 +45,7 @@ class Project:
         self.env = {k: v for k, v in os.environ.items() if k not in ("DJANGO_SETTINGS_MODULE", "PYTHONPATH",
                                                                      "DATABASE_URL")}
         self.env["PATH"] = bindir + os.pathsep + self.env.get("PATH", "")
-        self.server: subprocess.Popen | None = None
-        self.port = free_port()
+        self.servers: dict[str, tuple[subprocess.Popen, int]] = {}  # "runserver"/"uvicorn" -> (process, port)
         self.log = root / "server.log"
 
     def run_line(self, line: str) -> None:
@@ -61,23 +61,30 @@ class Project:
         if argv[0] == "python":
             argv[0] = sys.executable
         if argv[-1] == "runserver":
-            self.start_server([*argv, f"127.0.0.1:{self.port}", "--noreload"])
+            port = free_port()
+            self.start_server("runserver", [*argv, f"127.0.0.1:{port}", "--noreload"], port)
+            return
+        if argv[0] == "uvicorn":
+            port = free_port()
+            argv[argv.index("--port") + 1] = str(port)
+            self.start_server("uvicorn", [str(Path(sys.executable).parent / "uvicorn"), *argv[1:]], port)
             return
         proc = subprocess.run(argv, cwd=self.cwd, env=self.env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, f"{line!r} failed:\n{proc.stdout}\n{proc.stderr}"
 
-    def start_server(self, argv: list[str]) -> None:
-        self.server = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=self.log.open("wb"),
-                                       stderr=subprocess.STDOUT)
+    def start_server(self, name: str, argv: list[str], port: int) -> None:
+        server = subprocess.Popen(argv, cwd=self.cwd, env=self.env, stdout=self.log.open("ab"),
+                                  stderr=subprocess.STDOUT)
+        self.servers[name] = (server, port)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            assert self.server.poll() is None, self.log.read_text()
+            assert server.poll() is None, self.log.read_text()
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
                 return
             except OSError:
                 time.sleep(0.2)
-        raise AssertionError("runserver did not start:\n" + self.log.read_text())
+        raise AssertionError(f"{name} did not start:\n" + self.log.read_text())
 
     def manage(self, *args: str) -> str:
         proc = subprocess.run([sys.executable, "manage.py", *args], cwd=self.cwd, env=self.env,
@@ -96,9 +103,10 @@ class Project:
                 f.write("\n" + body)
 
     def stop(self) -> None:
-        if self.server is not None and self.server.poll() is None:
-            self.server.terminate()
-            self.server.wait(15)
+        for server, _ in self.servers.values():
+            if server.poll() is None:
+                server.terminate()
+                server.wait(15)
 
 
 def test_readme_steps_work_in_a_fresh_startproject(tmp_path, node_modules):
@@ -106,24 +114,29 @@ def test_readme_steps_work_in_a_fresh_startproject(tmp_path, node_modules):
     try:
         for kind, target, body in readme_steps():
             project.apply(kind, target, body)
-        assert project.server is not None, "the README never starts the server"
+        assert set(project.servers) == {"runserver", "uvicorn"}, "the README starts runserver and uvicorn"
         user_pk = project.manage("shell", "-c", "from django.contrib.auth.models import User; "
                                  "from notes.models import Note; u = User.objects.create_user('ann'); "
-                                 "Note.objects.create(owner=u, text='first'); print(u.pk)").strip()
+                                 "Note.objects.create(owner=u, text='first'); print(u.pk)").strip().splitlines()[-1]
+        # (Django 5.2's shell prints how many objects it imported first.)
         token = project.manage("powersync_token", user_pk).strip().splitlines()[-1]
-        client = NodeClient(name="readme")
-        try:
-            client.open(str(tmp_path / "client.db"), schema=CLIENT_SCHEMA)
-            client.connect(f"http://127.0.0.1:{project.port}/powersync", token)
-            client.wait_for_first_sync()
-            assert [r["text"] for r in client.query("SELECT text FROM notes")] == ["first"]
-            # A change committed by another process reaches the open connection.
-            project.manage("shell", "-c", "from notes.models import Note; "
-                           f"Note.objects.create(owner_id={user_pk}, text='second')")
-            result = client.wait_for("SELECT text FROM notes ORDER BY text", [{"text": "first"}, {"text": "second"}])
-            assert result["matched"], result
-        finally:
-            client.close()
+        expected = [{"text": "first"}]
+        for i, (name, (_, port)) in enumerate(sorted(project.servers.items())):
+            client = NodeClient(name=f"readme-{name}")
+            try:
+                client.open(str(tmp_path / f"client-{name}.db"), schema=CLIENT_SCHEMA)
+                client.connect(f"http://127.0.0.1:{port}/powersync", token)
+                client.wait_for_first_sync()
+                assert client.query("SELECT text FROM notes ORDER BY text") == expected, name
+                # A change committed by another process reaches the open connection.
+                text = f"note {i}"
+                project.manage("shell", "-c", "from notes.models import Note; "
+                               f"Note.objects.create(owner_id={user_pk}, text={text!r})")
+                expected = sorted([*expected, {"text": text}], key=lambda r: r["text"])
+                result = client.wait_for("SELECT text FROM notes ORDER BY text", expected)
+                assert result["matched"], (name, result)
+            finally:
+                client.close()
         assert "Traceback" not in project.log.read_text(), project.log.read_text()
     finally:
         project.stop()
