@@ -80,6 +80,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_QUEUED_WRITES": 50,
     # Uploads in progress per process (each holds a thread and a database connection); beyond: 503.
     "MAX_CONCURRENT_UPLOADS": 16,
+    # Sync streams (HTTP and WebSocket) open at once per process; beyond: 429 PSYNC_S2304 with Retry-After.
+    # None: no cap.
+    "MAX_CONCURRENT_STREAMS": 5000,
     "RETRY_AFTER_SECONDS": 2,
     # Under daphne (runserver): most bytes of one HTTP stream buffered by the server before the stream
     # waits for the client to read (other servers apply their own flow control; see "Production server").
