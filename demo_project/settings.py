@@ -132,6 +132,9 @@ POWERSYNC = {
         "AUDIENCE": "powersync",
     },
     "KEEPALIVE_SECONDS": float(os.environ.get("POWERSYNC_KEEPALIVE_SECONDS", "20")),
+    # A fleet runs the replicator as its own process(es) (`manage.py powersync_replicate`): set "0" on the servers.
+    "REPLICATOR_IN_PROCESS": os.environ.get("POWERSYNC_REPLICATOR_IN_PROCESS", "1") != "0",
+    "LEASE_SECONDS": float(os.environ.get("POWERSYNC_LEASE_SECONDS", "10")),
     "BUCKETS": {
         # One bucket per list the user owns, holding that list's todos (all of them sync on connect).
         "todos_by_list": {
