@@ -63,6 +63,10 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 0.02,
     # Seconds a replicator lease lasts without renewal.
     "LEASE_SECONDS": 10,
+    # How server processes learn of new checkpoints: None (PostgreSQL LISTEN; SQLite: polling) or "channels"
+    # (announced over the Channels layer NOTIFY_CHANNEL_LAYER, e.g. channels_redis; see README "Production").
+    "NOTIFY": None,
+    "NOTIFY_CHANNEL_LAYER": "default",
     # Sync stream limits.
     "MAX_BUCKETS_PER_CONNECTION": 1000,
     # Explicit stream subscriptions (`streams.subscriptions`) accepted per sync request; more: PSYNC_S2305.
