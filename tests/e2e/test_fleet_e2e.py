@@ -1,7 +1,8 @@
 """A fleet on PostgreSQL: two server processes, replicators as their own processes, official clients on each.
 
 A change written through either server (an upload, or the ORM in another process) reaches the clients of
-both; killing the replicator that holds the lease (``kill -9``) lets a standby take over within seconds.
+both; killing the replicator that holds the lease (``kill -9``) lets a standby take over within seconds. Both
+with PostgreSQL LISTEN and with checkpoints announced over a Redis channel layer (``NOTIFY = "channels"``).
 """
 
 from __future__ import annotations
@@ -84,10 +85,18 @@ class Replicators:
                 proc.wait()
 
 
-@pytest.fixture(scope="module")
-def fleet(fleet_database_url, node_modules) -> Iterator[tuple[Server, Server, Replicators]]:
-    with Server(fleet_database_url, env=FLEET_ENV) as first, \
-            Server(fleet_database_url, env=FLEET_ENV, migrate=False) as second:
+NOTIFY = {
+    "listen": {},  # one PostgreSQL LISTEN per server process
+    "channels": {"POWERSYNC_NOTIFY": "channels", "POWERSYNC_REDIS_URL": "redis://127.0.0.1:6379/0"},
+}
+
+
+@pytest.fixture(scope="module", params=list(NOTIFY))
+def fleet(request, fleet_database_url, node_modules) -> Iterator[tuple[Server, Server, Replicators]]:
+    """Two servers and two replicators; checkpoints announced by PostgreSQL NOTIFY or over the Redis layer."""
+    env = {**FLEET_ENV, **NOTIFY[request.param], "POWERSYNC_REDIS_PREFIX": f"ps-fleet-{uuid.uuid4().hex[:8]}"}
+    with Server(fleet_database_url, env=env) as first, \
+            Server(fleet_database_url, env=env, migrate=False) as second:
         replicators = Replicators(first)
         replicators.start()
         replicators.start()
