@@ -14,9 +14,20 @@ from django.core.handlers.asgi import ASGIHandler
 from powersync_django.auth import make_token
 
 
+def endpoint_app() -> Any:
+    """The HTTP side of ``powersync_application`` (flow control, the pure-ASGI sync endpoint, Django for the
+    rest), without starting a replicator."""
+    from powersync_django.flow import FlowControlMiddleware
+    from powersync_django.stream_endpoint import SyncStreamRouter
+
+    return FlowControlMiddleware(SyncStreamRouter(ASGIHandler()))
+
+
 async def http_stream(body: bytes, until: bytes, during: Callable[[], Any] = lambda: None, user: str = "u1",
-                      seconds: float = 10) -> bytes:
-    """Read the stream until ``until`` appears, call ``during()``, then disconnect; return the bytes received."""
+                      seconds: float = 10, app: Any = None) -> bytes:
+    """Read the stream until ``until`` appears, call ``during()``, then disconnect; return the bytes received.
+
+    ``app``: the ASGI app (default: Django's ASGIHandler, i.e. the view)."""
     inbox: asyncio.Queue = asyncio.Queue()
     await inbox.put({"type": "http.request", "body": body, "more_body": False})
     received: list[bytes] = []
@@ -40,7 +51,7 @@ async def http_stream(body: bytes, until: bytes, during: Callable[[], Any] = lam
         "path": "/sync/stream", "raw_path": b"/sync/stream", "query_string": b"", "root_path": "",
         "client": ("127.0.0.1", 50000), "server": ("testserver", 80), "headers": headers,
     }
-    task = asyncio.create_task(ASGIHandler()(scope, receive, send))
+    task = asyncio.create_task((app or ASGIHandler())(scope, receive, send))
     async with asyncio.timeout(seconds):
         await seen.wait()
         during()

@@ -7,7 +7,7 @@ import threading
 
 import orjson
 import pytest
-from asgi_stream import AsgiRequest
+from asgi_stream import AsgiRequest, endpoint_app
 from django.conf import settings
 from django.core.handlers.asgi import ASGIHandler
 from django.test import override_settings
@@ -15,18 +15,11 @@ from django.test import override_settings
 from demo_project.todos.models import Todo, TodoList
 from powersync_django import limits
 from powersync_django.auth import make_token
-from powersync_django.flow import FlowControlMiddleware
 from powersync_django.replication import replicate_now
-from powersync_django.stream_endpoint import SyncStreamRouter
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 BODY = b'{"buckets": [], "raw_data": true, "client_id": "c1"}'
-
-
-def app():
-    """The HTTP side of powersync_application (without starting a replicator)."""
-    return FlowControlMiddleware(SyncStreamRouter(ASGIHandler()))
 
 
 def open_stream(application, user: str) -> AsgiRequest:
@@ -50,7 +43,7 @@ def test_open_idle_streams_hold_no_thread_each(streams):
     """Django's view behind ASGIHandler pins one thread per open stream; the endpoint pins none."""
 
     async def run():
-        application = app()
+        application = endpoint_app()
         # Warm up the shared pools (storage readers, the hub) with one stream.
         first = open_stream(application, "u0")
         await until_complete(first)
@@ -71,7 +64,7 @@ def test_open_idle_streams_hold_no_thread_each(streams):
 
 def test_streams_over_the_cap_get_429_with_retry_after():
     async def run():
-        application = app()
+        application = endpoint_app()
         with override_settings(POWERSYNC={**settings.POWERSYNC, "MAX_CONCURRENT_STREAMS": 2,
                                           "RETRY_AFTER_SECONDS": 7}):
             held = [open_stream(application, "u1"), open_stream(application, "u2")]

@@ -10,9 +10,8 @@ from unittest import mock
 import bson
 import orjson
 import pytest
-from asgi_stream import AsgiRequest
+from asgi_stream import AsgiRequest, endpoint_app
 from asgiref.sync import sync_to_async
-from django.core.handlers.asgi import ASGIHandler
 from django.db import connection
 from django.test import AsyncClient, override_settings
 
@@ -20,11 +19,9 @@ from demo_project.todos.models import Todo, TodoList
 from powersync_django import checksums, storage
 from powersync_django.auth import TokenClaims, make_token
 from powersync_django.conf import get_config
-from powersync_django.flow import FlowControlMiddleware
 from powersync_django.protocol import BSON_STREAM, ProtocolError, SyncRequest
 from powersync_django.replication import replicate_now
 from powersync_django.rules import ParameterQuery, get_rules
-from powersync_django.stream_endpoint import SyncStreamRouter
 from powersync_django.sync import SyncSession
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -405,11 +402,6 @@ def post(body: bytes | str, token: str | None = "default", transport: str = "vie
         return response, b"".join(chunks)
 
     return asyncio.run(run())
-
-
-def endpoint_app():
-    """The HTTP side of powersync_application (without starting a replicator)."""
-    return FlowControlMiddleware(SyncStreamRouter(ASGIHandler()))
 
 
 async def _post_endpoint(body: bytes, headers: dict[str, str]):
