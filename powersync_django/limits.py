@@ -3,10 +3,11 @@
 Every sync stream (HTTP or WebSocket) takes a slot before it does any work and gives it back when it ends;
 with no slot free the request is refused with :class:`TooManyStreams` (HTTP 429 + ``Retry-After``,
 ``PSYNC_S2304``), so an overloaded process degrades by refusing, never by falling over.
-Slots are counted on the event loop's thread only (no lock needed).
 """
 
 from __future__ import annotations
+
+import threading
 
 from .conf import get_config
 from .protocol import ProtocolError
@@ -14,6 +15,7 @@ from .protocol import ProtocolError
 TOO_MANY_STREAMS = "PSYNC_S2304"
 
 _active = 0
+_lock = threading.Lock()  # one process may run several event loops (threads)
 
 
 class TooManyStreams(ProtocolError):
@@ -33,9 +35,10 @@ class StreamSlot:
 
     def release(self) -> None:
         global _active
-        if not self.released:
-            self.released = True
-            _active -= 1
+        with _lock:
+            if not self.released:
+                self.released = True
+                _active -= 1
 
 
 def acquire() -> StreamSlot:
@@ -43,9 +46,10 @@ def acquire() -> StreamSlot:
     global _active
     config = get_config()
     limit = config["MAX_CONCURRENT_STREAMS"]
-    if limit is not None and _active >= limit:
-        raise TooManyStreams(limit, config["RETRY_AFTER_SECONDS"])
-    _active += 1
+    with _lock:
+        if limit is not None and _active >= limit:
+            raise TooManyStreams(limit, config["RETRY_AFTER_SECONDS"])
+        _active += 1
     return StreamSlot()
 
 

@@ -15,6 +15,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from django.core.exceptions import ImproperlyConfigured
+
 from .conf import get_config
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,11 @@ REJOIN_SECONDS = 600.0
 
 
 def enabled() -> bool:
-    return get_config()["NOTIFY"] == "channels"
+    """Whether ``POWERSYNC["NOTIFY"]`` is ``"channels"`` (None: PostgreSQL LISTEN / SQLite polling)."""
+    notify = get_config()["NOTIFY"]
+    if notify not in (None, "channels"):
+        raise ImproperlyConfigured(f"POWERSYNC['NOTIFY'] must be None or 'channels', not {notify!r}")
+    return notify == "channels"
 
 
 def _layer() -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -157,8 +158,11 @@ class PreparedStream:
     slot: limits.StreamSlot
 
     def chunks(self) -> AsyncIterator[bytes]:
-        """The response body; gives the stream slot back when it ends."""
-        return _stream(self.session, self.encode, self.gzip, self.slot)
+        """The response body; gives the stream slot back when it ends, or when it is dropped unstarted (a
+        client that went away before the response was sent)."""
+        body = _stream(self.session, self.encode, self.gzip, self.slot)
+        weakref.finalize(body, self.slot.release)
+        return body
 
 
 async def prepare_stream(claims: TokenClaims, body: bytes, accept: str, accept_encoding: str) -> PreparedStream:

@@ -113,3 +113,21 @@ def _no_leaked_slots():
     assert limits.active() == 0
 
 
+
+
+def test_a_stream_dropped_before_its_body_started_gives_its_slot_back():
+    """A response Django never iterated (the client went away first) must not keep its slot for ever."""
+    import gc
+
+    from powersync_django import views
+    from powersync_django.auth import verify_token
+
+    async def run():
+        prepared = await views.prepare_stream(verify_token(make_token("u1")), BODY, "", "")
+        assert limits.active() == 1
+        prepared.chunks()  # created, never iterated, dropped
+        del prepared
+        gc.collect()
+
+    asyncio.run(run())
+    assert limits.active() == 0
