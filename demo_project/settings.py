@@ -128,6 +128,10 @@ LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
 CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+if os.environ.get("POWERSYNC_REDIS_URL"):  # a fleet sharing a Redis channel layer (e.g. redis://127.0.0.1:6379/0)
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels_redis.core.RedisChannelLayer",
+                                  "CONFIG": {"hosts": [os.environ["POWERSYNC_REDIS_URL"]],
+                                             "prefix": os.environ.get("POWERSYNC_REDIS_PREFIX", "asgi")}}}
 
 POWERSYNC = {
     "JWT": {
@@ -135,6 +139,11 @@ POWERSYNC = {
         "AUDIENCE": "powersync",
     },
     "KEEPALIVE_SECONDS": float(os.environ.get("POWERSYNC_KEEPALIVE_SECONDS", "20")),
+    # A fleet runs the replicator as its own process(es) (`manage.py powersync_replicate`): set "0" on the servers.
+    "REPLICATOR_IN_PROCESS": os.environ.get("POWERSYNC_REPLICATOR_IN_PROCESS", "1") != "0",
+    "LEASE_SECONDS": float(os.environ.get("POWERSYNC_LEASE_SECONDS", "10")),
+    # "channels": new checkpoints are announced over CHANNEL_LAYERS (set POWERSYNC_REDIS_URL) instead of LISTEN.
+    "NOTIFY": os.environ.get("POWERSYNC_NOTIFY") or None,
     "BUCKETS": {
         # One bucket per list the user owns, holding that list's todos (all of them sync on connect).
         "todos_by_list": {

@@ -68,6 +68,10 @@ DEFAULTS: dict[str, Any] = {
     "POLL_INTERVAL": 0.02,
     # Seconds a replicator lease lasts without renewal.
     "LEASE_SECONDS": 10,
+    # How server processes learn of new checkpoints: None (PostgreSQL LISTEN; SQLite: polling) or "channels"
+    # (announced over the Channels layer NOTIFY_CHANNEL_LAYER, e.g. channels_redis; see README "Production").
+    "NOTIFY": None,
+    "NOTIFY_CHANNEL_LAYER": "default",
     # Sync stream limits.
     "MAX_BUCKETS_PER_CONNECTION": 1000,
     # Explicit stream subscriptions (`streams.subscriptions`) accepted per sync request; more: PSYNC_S2305.
@@ -85,6 +89,9 @@ DEFAULTS: dict[str, Any] = {
     "MAX_QUEUED_WRITES": 50,
     # Uploads in progress per process (each holds a thread and a database connection); beyond: 503.
     "MAX_CONCURRENT_UPLOADS": 16,
+    # Sync streams (HTTP and WebSocket) open at once per process; beyond: 429 PSYNC_S2304 with Retry-After.
+    # None: no cap.
+    "MAX_CONCURRENT_STREAMS": 5000,
     "RETRY_AFTER_SECONDS": 2,
     # Under daphne (runserver): most bytes of one HTTP stream buffered by the server before the stream
     # waits for the client to read (other servers apply their own flow control; see "Production server").

@@ -22,7 +22,7 @@ import orjson
 from channels.consumer import get_handler_name
 from channels.generic.websocket import AsyncWebsocketConsumer
 
-from . import metrics
+from . import limits, metrics
 from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
 from .protocol import ProtocolError, SyncRequest, encode_bson, parse_json_request, parse_request
@@ -362,10 +362,11 @@ class SyncConsumer(AsyncWebsocketConsumer):
     async def _serve_stream(self, stream: _Stream, frame: RequestStream) -> None:
         """Run one sync session on a stream: PAYLOAD(N) per line within credit, PAYLOAD(C) at the end."""
         sid = stream.stream_id
-        lines = tracker = None
+        lines = tracker = slot = None
         try:
             assert self.claims is not None
             try:
+                slot = limits.acquire()  # over MAX_CONCURRENT_STREAMS: PSYNC_S2304
                 session = stream.session = self.session_class(
                     self.claims, self.decode_request(frame)
                 )
@@ -404,6 +405,8 @@ class SyncConsumer(AsyncWebsocketConsumer):
                 error_frame(sid, APPLICATION_ERROR, error_text(INTERNAL_ERROR, "Something went wrong"))
             )
         finally:
+            if slot is not None:
+                slot.release()
             if lines is not None:
                 await aclose_quietly(lines)
             if tracker is not None:

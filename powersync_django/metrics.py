@@ -104,7 +104,13 @@ def http_response(request: Any, response: Any) -> None:
     if AVAILABLE and response.status_code >= 400:
         match = getattr(request, "resolver_match", None)
         endpoint = (match.url_name if match else None) or "other"
-        HTTP_ERRORS.labels(endpoint, str(response.status_code), error_code(response)).inc()
+        http_error(endpoint, response.status_code, error_code(response))
+
+
+def http_error(endpoint: str, status: int, code: str) -> None:
+    """Count an error answer (status >= 400) of the named endpoint."""
+    if AVAILABLE and status >= 400:
+        HTTP_ERRORS.labels(endpoint, str(status), code[:40]).inc()
 
 
 def websocket_error(code: str) -> None:
@@ -123,6 +129,13 @@ def open_streams() -> dict[str, int]:
     return {t: n for t, n in sorted(_open_streams.items()) if n}
 
 
+def error_code_of(body: Any) -> str:
+    """The ``error.code`` of a JSON error body; ``""`` when it has none."""
+    error = body.get("error") if isinstance(body, dict) else None
+    code = error.get("code") if isinstance(error, dict) else None
+    return code[:40] if isinstance(code, str) else ""
+
+
 def error_code(response: Any) -> str:
     """The ``error.code`` of a JSON error response (a plain or a DRF response); ``""`` when it has none."""
     body = getattr(response, "data", None)
@@ -133,9 +146,7 @@ def error_code(response: Any) -> str:
             body = orjson.loads(response.content)
         except Exception:
             return ""
-    error = body.get("error") if isinstance(body, dict) else None
-    code = error.get("code") if isinstance(error, dict) else None
-    return code[:40] if isinstance(code, str) else ""
+    return error_code_of(body)
 
 
 # --- scrape ------------------------------------------------------------------------------------------

@@ -1,7 +1,8 @@
 """New-checkpoint fan-out: one listener per server process, shared in memory by all its sync streams.
 
 PostgreSQL: LISTEN on the checkpoint channel (the replicator NOTIFYs in its batch transaction).
-SQLite: one light poll of the newest checkpoint id per process. In both cases a checkpoint committed by
+SQLite: one light poll of the newest checkpoint id per process. With ``POWERSYNC["NOTIFY"] = "channels"``:
+announcements over a Channels layer instead of LISTEN (:mod:`~powersync_django.notify_channels`). In all cases a checkpoint committed by
 this process's own replicator thread wakes the hub at once.
 """
 
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 import orjson
 from django.db import connections
 
+from . import notify_channels
 from .conf import get_config
 
 logger = logging.getLogger(__name__)
@@ -83,6 +85,8 @@ _hubs_lock = threading.Lock()
 
 def checkpoint_committed(checkpoint_id: int) -> None:
     """Called (from any thread) after a replication batch committed in this process."""
+    if notify_channels.enabled():
+        notify_channels.announce(checkpoint_id)
     with _hubs_lock:
         hubs = list(_hubs.items())
     for loop, hub in hubs:
@@ -123,7 +127,10 @@ class CheckpointHub:
 
     def start(self) -> None:
         self._tasks.append(asyncio.create_task(self._run(), name="powersync-checkpoint-hub"))
-        if connections[self.using].vendor == "postgresql":
+        if notify_channels.enabled():
+            self._tasks.append(asyncio.create_task(notify_channels.listen(self.poke, lambda: self.closed),
+                                                   name="powersync-checkpoint-layer"))
+        elif connections[self.using].vendor == "postgresql":
             self._listener = threading.Thread(target=self._listen, args=(asyncio.get_running_loop(),),
                                               name="powersync-checkpoint-listen", daemon=True)
             self._listener.start()

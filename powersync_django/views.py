@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 import zlib
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from . import db, metrics, ratelimit, storage
+from . import db, limits, metrics, ratelimit, storage
 from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
 from .conf import get_config
 from .executors import Overloaded
@@ -61,22 +63,42 @@ def server_error_response(exc: BaseException, where: str) -> JsonResponse:
     return JsonResponse(body, status=status, headers=headers)
 
 def protocol_error_response(exc: ProtocolError) -> JsonResponse:
-    """The JSON error of ``exc``; with ``Retry-After`` when the server is overloaded."""
-    response = error_response(exc.as_json(), exc.status)
-    if isinstance(exc, Overloaded):
-        response["Retry-After"] = str(exc.retry_after)
-    return response
+    """The JSON error of ``exc``; with ``Retry-After`` when the server is overloaded or at its stream cap."""
+    return JsonResponse(exc.as_json(), status=exc.status, headers=error_headers(exc))
+
+
+def error_headers(exc: ProtocolError) -> dict[str, str]:
+    """Extra headers of a protocol error: ``Retry-After`` when the error carries one (503, 429)."""
+    retry_after = getattr(exc, "retry_after", None)
+    return {"Retry-After": str(retry_after)} if retry_after is not None else {}
+
+
+def cors_headers(origin: str | None) -> dict[str, str]:
+    """CORS headers of an answer to a request from ``origin`` (protocol.md §3.4)."""
+    allowed = get_config()["CORS_ALLOWED_ORIGINS"]
+    headers = {}
+    if allowed == "*":
+        headers["Access-Control-Allow-Origin"] = "*"
+    elif origin and origin in allowed:
+        headers["Access-Control-Allow-Origin"] = origin
+        headers["Vary"] = "Origin"
+    headers["Access-Control-Expose-Headers"] = "Content-Type, Retry-After"
+    return headers
+
+
+def preflight_headers(methods: str) -> dict[str, str]:
+    """Headers of the 204 answer to a CORS preflight (CORS origin headers not included)."""
+    return {"Access-Control-Allow-Methods": f"{methods}, OPTIONS", "Access-Control-Allow-Headers": ALLOWED_HEADERS,
+            "Access-Control-Max-Age": "3600"}
+
+
+METHOD_NOT_ALLOWED = {"error": {"code": "PSYNC_S2002", "status": 405, "description": "Method not allowed",
+                                "name": "RouteNotFound"}}
 
 
 def _cors(request: HttpRequest, response: HttpResponse) -> HttpResponse:
-    allowed = get_config()["CORS_ALLOWED_ORIGINS"]
-    origin = request.headers.get("Origin")
-    if allowed == "*":
-        response["Access-Control-Allow-Origin"] = "*"
-    elif origin and origin in allowed:
-        response["Access-Control-Allow-Origin"] = origin
-        response["Vary"] = "Origin"
-    response["Access-Control-Expose-Headers"] = "Content-Type, Retry-After"
+    for name, value in cors_headers(request.headers.get("Origin")).items():
+        response[name] = value
     return response
 
 
@@ -90,15 +112,9 @@ def cors(methods: str) -> Callable:
         @wraps(view)
         async def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
             if request.method == "OPTIONS":
-                response = HttpResponse(status=204)
-                response["Access-Control-Allow-Methods"] = f"{methods}, OPTIONS"
-                response["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
-                response["Access-Control-Max-Age"] = "3600"
-                return _cors(request, response)
+                return _cors(request, HttpResponse(status=204, headers=preflight_headers(methods)))
             if request.method not in methods.split(", "):
-                body = {"error": {"code": "PSYNC_S2002", "status": 405, "description": "Method not allowed",
-                                  "name": "RouteNotFound"}}
-                return _cors(request, error_response(body, 405))
+                return _cors(request, error_response(METHOD_NOT_ALLOWED, 405))
             try:
                 response = await view(request, *args, **kwargs)
             except Exception as exc:
@@ -111,41 +127,61 @@ def cors(methods: str) -> Callable:
     return decorator
 
 
-def declared_length(request: HttpRequest) -> int:
-    """The ``Content-Length`` header as a number; 0 when missing, malformed or negative (the read is bounded)."""
-    value = request.headers.get("Content-Length") or ""
-    return int(value) if value.isascii() and value.isdigit() and len(value) < 20 else 0
-
-
-async def authenticate(request: HttpRequest) -> TokenClaims:
-    token = parse_authorization_header(request.headers.get("Authorization"))
+async def authenticate_header(authorization: str | None) -> TokenClaims:
+    """The claims of an ``Authorization`` header's token; raises :class:`AuthError`."""
+    token = parse_authorization_header(authorization)
     if get_config()["JWT"]["JWKS_URL"]:
         return await asyncio.to_thread(verify_token, token)  # may fetch keys over the network
     return verify_token(token)
 
 
-@cors("POST")
-async def sync_stream(request: HttpRequest) -> HttpResponse:
-    """``POST /sync/stream``: the streaming sync session (NDJSON or BSON, optionally gzip)."""
+async def authenticate(request: HttpRequest) -> TokenClaims:
+    return await authenticate_header(request.headers.get("Authorization"))
+
+
+def check_content_length(value: str | None) -> None:
+    """Refuse (413) a request whose announced body is over ``MAX_REQUEST_BYTES``."""
     try:
-        claims = await authenticate(request)
-    except AuthError as exc:
-        return error_response(exc.as_json(), exc.status)
+        announced = int(value or 0)
+    except ValueError:
+        raise ProtocolError("Invalid Content-Length") from None
+    if announced > get_config()["MAX_REQUEST_BYTES"]:
+        raise ProtocolError("Request body too large", status=413)
+
+
+@dataclass
+class PreparedStream:
+    """A sync session ready to stream, with how its lines are encoded and the response's headers."""
+
+    session: SyncSession
+    encode: Callable[[dict[str, Any]], bytes]
+    gzip: bool
+    headers: dict[str, str]
+    slot: limits.StreamSlot
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        """The response body; gives the stream slot back when it ends, or when it is dropped unstarted (a
+        client that went away before the response was sent)."""
+        body = _stream(self.session, self.encode, self.gzip, self.slot)
+        weakref.finalize(body, self.slot.release)
+        return body
+
+
+async def prepare_stream(claims: TokenClaims, body: bytes, accept: str, accept_encoding: str) -> PreparedStream:
+    """Take a stream slot, parse the sync request and prepare its session; raises :class:`ProtocolError`
+    (413, 400, 429 :class:`~powersync_django.limits.TooManyStreams`, 503 ...)."""
+    if len(body) > get_config()["MAX_REQUEST_BYTES"]:
+        raise ProtocolError("Request body too large", status=413)
+    sync_request = parse_json_request(body)
+    slot = limits.acquire()
     try:
-        limit = get_config()["MAX_REQUEST_BYTES"]
-        if declared_length(request) > limit:
-            raise ProtocolError("Request body too large", status=413)
-        # Read from the stream: ``request.body`` int()s the raw Content-Length header (a 500 when malformed).
-        body = request.read(limit + 1)
-        if len(body) > limit:
-            raise ProtocolError("Request body too large", status=413)
-        sync_request = parse_json_request(body)
         session = SyncSession(claims, sync_request)
         await session.prepare()
-    except ProtocolError as exc:
-        return protocol_error_response(exc)
+    except BaseException:
+        slot.release()
+        raise
 
-    bson = prefers_bson(request.headers.get("Accept", ""))
+    bson = prefers_bson(accept)
     encode = encode_bson if bson else encode_ndjson
     if not sync_request.raw_data and not bson:
         plain = encode
@@ -153,19 +189,46 @@ async def sync_stream(request: HttpRequest) -> HttpResponse:
         def encode(line: dict[str, Any]) -> bytes:
             return plain(nest_row_data(line))
 
-    gzip = "gzip" in request.headers.get("Accept-Encoding", "").lower()
-    response = StreamingHttpResponse(_stream(session, encode, gzip), content_type=BSON_STREAM if bson else NDJSON)
+    gzip = "gzip" in accept_encoding.lower()
     # Exactly the BSON MIME type, without a charset: clients compare it literally.
-    response["Content-Type"] = BSON_STREAM if bson else NDJSON
-    response["X-Accel-Buffering"] = "no"
-    response["Cache-Control"] = "no-cache"
+    headers = {"Content-Type": BSON_STREAM if bson else NDJSON, "X-Accel-Buffering": "no", "Cache-Control": "no-cache"}
     if gzip:
-        response["Content-Encoding"] = "gzip"
-        response["Vary"] = "Accept-Encoding"
+        headers["Content-Encoding"] = "gzip"
+        headers["Vary"] = "Accept-Encoding"
+    return PreparedStream(session, encode, gzip, headers, slot)
+
+
+@cors("POST")
+async def sync_stream(request: HttpRequest) -> HttpResponse:
+    """``POST /sync/stream``: the streaming sync session (NDJSON or BSON, optionally gzip).
+
+    :func:`powersync_django.routing.powersync_application` serves this path with the pure-ASGI
+    :mod:`~powersync_django.stream_endpoint` instead (no thread per open stream); this view serves projects
+    that only include the urls.
+    """
+    try:
+        claims = await authenticate(request)
+    except AuthError as exc:
+        return error_response(exc.as_json(), exc.status)
+    try:
+        check_content_length(request.headers.get("Content-Length"))
+        limit = get_config()["MAX_REQUEST_BYTES"]
+        # Read from the stream: ``request.body`` int()s the raw Content-Length header (a 500 when malformed).
+        body = request.read(limit + 1)
+        if len(body) > limit:
+            raise ProtocolError("Request body too large", status=413)
+        prepared = await prepare_stream(claims, body, request.headers.get("Accept", ""),
+                                        request.headers.get("Accept-Encoding", ""))
+    except ProtocolError as exc:
+        return protocol_error_response(exc)
+    response = StreamingHttpResponse(prepared.chunks(), content_type=prepared.headers["Content-Type"])
+    for name, value in prepared.headers.items():
+        response[name] = value
     return response
 
 
-async def _stream(session: SyncSession, encode: Callable[[dict], bytes], gzip: bool) -> AsyncIterator[bytes]:
+async def _stream(session: SyncSession, encode: Callable[[dict], bytes], gzip: bool,
+                  slot: limits.StreamSlot) -> AsyncIterator[bytes]:
     compressor = zlib.compressobj(get_config()["GZIP_LEVEL"], zlib.DEFLATED, 31) if gzip else None
     tracker = StreamTracker(session, metrics.HTTP)
     lines = tracker.lines(session.lines())
@@ -187,6 +250,7 @@ async def _stream(session: SyncSession, encode: Callable[[dict], bytes], gzip: b
         # Headers are sent: all we can do is end the body; the client retries.
         logger.exception("powersync: sync stream failed")
     finally:
+        slot.release()
         await aclose_quietly(lines)
         tracker.close()
 

@@ -1,7 +1,8 @@
 """ASGI app for the stalled-reader tests: the demo project, counting the bytes each sync stream produced.
 
-Served in a subprocess (see ``test_flow.py``). Django's app is wrapped as in ``demo_project.asgi`` (so under
-daphne the flow-control middleware sits outside the counter); the counter records, per ``sync/stream``
+Served in a subprocess (see ``test_flow.py``). The app is wired as :func:`powersync_application` wires it (so
+under daphne the flow-control middleware sits outside the counter, in front of the pure-ASGI sync endpoint);
+the counter records, per ``sync/stream``
 response, the body bytes handed on to the server, whether the app is waiting in ``send()``, and whether
 it got as far as ``checkpoint_complete``. ``GET /__sent__`` answers them as JSON.
 """
@@ -13,20 +14,23 @@ from typing import Any
 import orjson
 
 from demo_project.asgi import django_application
-from powersync_django.routing import powersync_application
+from powersync_django.flow import FlowControlMiddleware
+from powersync_django.replication import start_in_process
+from powersync_django.stream_endpoint import SyncStreamRouter, sync_stream_app
 
 STREAMS: list[dict[str, Any]] = []
 
 
-async def counting(scope: dict, receive: Any, send: Any) -> None:
-    if scope["type"] != "http" or not scope["path"].endswith("/sync/stream"):
-        if scope["type"] == "http" and scope["path"] == "/__sent__":
-            await send({"type": "http.response.start", "status": 200,
-                        "headers": [(b"content-type", b"application/json")]})
-            await send({"type": "http.response.body", "body": orjson.dumps(STREAMS)})
-            return
-        await django_application(scope, receive, send)
+async def other(scope: dict, receive: Any, send: Any) -> None:
+    if scope["type"] == "http" and scope["path"] == "/__sent__":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": orjson.dumps(STREAMS)})
         return
+    await django_application(scope, receive, send)
+
+
+async def counting(scope: dict, receive: Any, send: Any) -> None:
     stat = {"bytes": 0, "in_send": False, "complete": False}
     STREAMS.append(stat)
 
@@ -40,7 +44,8 @@ async def counting(scope: dict, receive: Any, send: Any) -> None:
         finally:
             stat["in_send"] = False
 
-    await django_application(scope, receive, counting_send)
+    await sync_stream_app(scope, receive, counting_send)
 
 
-application = powersync_application(counting)
+start_in_process()
+application = FlowControlMiddleware(SyncStreamRouter(other, endpoint=counting))

@@ -16,10 +16,11 @@ from typing import Any
 import bson
 import orjson
 import pytest
-from asgi_stream import http_stream
+from asgi_stream import AsgiRequest, endpoint_app, http_stream
 from django.conf import settings
 from django.contrib.auth.models import Permission, User
 from django.core.cache import cache
+from django.core.handlers.asgi import ASGIHandler
 from django.db import OperationalError
 from django.test import AsyncClient, Client, override_settings
 from prometheus_client import REGISTRY
@@ -53,7 +54,13 @@ def metrics_settings(**changes: Any) -> override_settings:
 # --- streams over HTTP (Django's ASGI handler, the client disconnects) ----------------------------
 
 
-def test_http_stream_metrics_and_log_line(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.fixture(params=["view", "endpoint"])
+def http_app(request: pytest.FixtureRequest) -> Any:
+    """Django's view (ASGIHandler) and powersync_application's pure-ASGI endpoint."""
+    return ASGIHandler() if request.param == "view" else endpoint_app()
+
+
+def test_http_stream_metrics_and_log_line(caplog: pytest.LogCaptureFixture, http_app: Any) -> None:
     lst = seed("u1", todos=3)
     open_before = value("powersync_sync_streams_open", transport="http")
     started = value("powersync_sync_streams_total", transport="http")
@@ -67,7 +74,7 @@ def test_http_stream_metrics_and_log_line(caplog: pytest.LogCaptureFixture) -> N
         during["process"] = metrics.open_streams().get("http", 0)
 
     with caplog.at_level(logging.INFO, logger="powersync_django.streams"):
-        raw = asyncio.run(http_stream(b'{"client_id": "c9"}', b"checkpoint_complete", observe))
+        raw = asyncio.run(http_stream(b'{"client_id": "c9"}', b"checkpoint_complete", observe, app=http_app))
 
     lines = [orjson.loads(x) for x in raw.splitlines() if x]
     ops = sum(len(line["data"]["data"]) for line in lines if "data" in line)
@@ -177,7 +184,7 @@ def test_websocket_stream_metrics_and_log_line(caplog: pytest.LogCaptureFixture)
 # --- counters of errors, uploads, replication and compaction ----------------------------------------
 
 
-def test_http_errors_are_counted_by_psync_code() -> None:
+def test_http_errors_are_counted_by_psync_code(http_app: Any) -> None:
     bad = value("powersync_http_errors_total", endpoint="sync-stream", status="400", code="PSYNC_S2001")
     unauth = value("powersync_http_errors_total", endpoint="sync-stream", status="401", code="PSYNC_S2106")
     upload = value("powersync_http_errors_total", endpoint="upload", status="401", code="PSYNC_S2106")
@@ -185,9 +192,11 @@ def test_http_errors_are_counted_by_psync_code() -> None:
     async def run() -> None:
         client = AsyncClient()
         auth = {"Authorization": f"Token {make_token('u1')}"}
-        assert (await client.post("/sync/stream", data="{nope", content_type="application/json",
-                                  headers=auth)).status_code == 400
-        assert (await client.post("/sync/stream", data="{}", content_type="application/json")).status_code == 401
+        for body, headers, status in [(b"{nope", auth, 400), (b"{}", {}, 401)]:
+            request = AsgiRequest(http_app, "POST", "/sync/stream", body,
+                                  {"Content-Type": "application/json", **headers})
+            await request.task
+            assert request.response.status_code == status
         assert (await client.post("/api/upload", data="{}", content_type="application/json")).status_code == 401
 
     asyncio.run(run())

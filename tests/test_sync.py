@@ -10,6 +10,7 @@ from unittest import mock
 import bson
 import orjson
 import pytest
+from asgi_stream import AsgiRequest, endpoint_app
 from asgiref.sync import sync_to_async
 from django.db import connection
 from django.test import AsyncClient, override_settings
@@ -371,11 +372,22 @@ def _config() -> dict:
 # --- HTTP view ---------------------------------------------------------------------------------------
 
 
-def post(body: bytes | str, token: str | None = "default", **headers):
+def _until_complete(raw: bytes, gzip: bool) -> bool:
+    if gzip:
+        raw = zlib.decompressobj(31).decompress(raw)
+    return b"checkpoint_complete" in raw
+
+
+def post(body: bytes | str, token: str | None = "default", transport: str = "view", **headers):
+    """POST /sync/stream through Django's view (``view``) or the pure-ASGI endpoint of powersync_application
+    (``endpoint``); read until ``checkpoint_complete``."""
+    if token:
+        headers["Authorization"] = f"Token {make_token('u1') if token == 'default' else token}"
+    if transport == "endpoint":
+        return asyncio.run(_post_endpoint(body.encode() if isinstance(body, str) else body, headers))
+
     async def run():
         client = AsyncClient()
-        if token:
-            headers["Authorization"] = f"Token {make_token('u1') if token == 'default' else token}"
         response = await client.post("/sync/stream", data=body, content_type="application/json", headers=headers)
         chunks = []
         if response.streaming:
@@ -384,15 +396,27 @@ def post(body: bytes | str, token: str | None = "default", **headers):
                 while True:
                     chunk = await it.__anext__()
                     chunks.append(chunk)
-                    raw = b"".join(chunks)
-                    if response.get("Content-Encoding") == "gzip":
-                        raw = zlib.decompressobj(31).decompress(raw)
-                    if b"checkpoint_complete" in raw:
+                    if _until_complete(b"".join(chunks), response.get("Content-Encoding") == "gzip"):
                         break
             await it.aclose()
         return response, b"".join(chunks)
 
     return asyncio.run(run())
+
+
+async def _post_endpoint(body: bytes, headers: dict[str, str]):
+    request = AsgiRequest(endpoint_app(), "POST", "/sync/stream", body,
+                          {"Content-Type": "application/json", **headers})
+    raw = await request.read_until(lambda raw: _until_complete(raw, request.response.get("content-encoding") == "gzip"))
+    await request.disconnect()
+    response = request.response
+    return response, (raw if response.status_code == 200 else b"")
+
+
+@pytest.fixture(params=["view", "endpoint"])
+def transport(request) -> str:
+    """Each HTTP test runs against Django's view and against powersync_application's ASGI endpoint."""
+    return request.param
 
 
 @pytest.mark.parametrize(
@@ -407,33 +431,34 @@ def post(body: bytes | str, token: str | None = "default", **headers):
         ('[1, 2]', 400, "JSON object"),
     ],
 )
-def test_bad_requests_get_400_json(body, status, fragment):
-    response, _ = post(body)
+def test_bad_requests_get_400_json(body, status, fragment, transport):
+    response, _ = post(body, transport=transport)
     assert response.status_code == status
     error = orjson.loads(response.content)["error"]
     assert fragment in error["description"] + error.get("details", "")
     assert error["code"] == "PSYNC_S2001"
 
 
-def test_oversized_body_is_413():
-    response, _ = post('{"buckets": [], "x": "' + "a" * (get_config()["MAX_REQUEST_BYTES"] + 10) + '"}')
+def test_oversized_body_is_413(transport):
+    response, _ = post('{"buckets": [], "x": "' + "a" * (get_config()["MAX_REQUEST_BYTES"] + 10) + '"}',
+                       transport=transport)
     assert response.status_code == 413
 
 
-def test_auth_failures_are_401_json():
-    response, _ = post("{}", token=None)
+def test_auth_failures_are_401_json(transport):
+    response, _ = post("{}", token=None, transport=transport)
     assert response.status_code == 401
     assert orjson.loads(response.content)["error"]["code"] == "PSYNC_S2106"
     tampered = make_token("u1")[:-3] + "abc"
-    response, _ = post("{}", token=tampered)
+    response, _ = post("{}", token=tampered, transport=transport)
     assert response.status_code == 401
     assert orjson.loads(response.content)["error"]["code"] == "PSYNC_S2101"
 
 
-def test_tolerates_nulls_and_unknown_fields_and_streams_ndjson():
+def test_tolerates_nulls_and_unknown_fields_and_streams_ndjson(transport):
     seed("u1", todos=1)
     body = '{"buckets": null, "client_id": null, "parameters": null, "streams": null, "future": {"x": 1}}'
-    response, raw = post(body)
+    response, raw = post(body, transport=transport)
     assert response.status_code == 200
     assert response["Content-Type"] == "application/x-ndjson"
     assert response["X-Accel-Buffering"] == "no"
@@ -441,9 +466,9 @@ def test_tolerates_nulls_and_unknown_fields_and_streams_ndjson():
     assert "checkpoint" in lines[0] and "checkpoint_complete" in lines[-1]
 
 
-def test_bson_and_gzip_when_the_client_asks():
+def test_bson_and_gzip_when_the_client_asks(transport):
     seed("u1", todos=2)
-    response, raw = post("{}", Accept="application/vnd.powersync.bson-stream;q=0.9,application/x-ndjson;q=0.8",
+    response, raw = post("{}", transport=transport, Accept="application/vnd.powersync.bson-stream;q=0.9,application/x-ndjson;q=0.8",
                          **{"Accept-Encoding": "gzip, deflate"})
     assert response["Content-Type"] == BSON_STREAM
     assert response["Content-Encoding"] == "gzip"
@@ -453,10 +478,15 @@ def test_bson_and_gzip_when_the_client_asks():
     assert all(isinstance(op["op_id"], str) and isinstance(op["data"], str) for op in ops)
 
 
-def test_cors_preflight():
+def test_cors_preflight(transport):
+    headers = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+
     async def run():
-        return await AsyncClient().options("/sync/stream", headers={"Origin": "https://app.example",
-                                                                    "Access-Control-Request-Method": "POST"})
+        if transport == "endpoint":
+            request = AsgiRequest(endpoint_app(), "OPTIONS", "/sync/stream", headers=headers)
+            await request.task
+            return request.response
+        return await AsyncClient().options("/sync/stream", headers=headers)
 
     response = asyncio.run(run())
     assert response.status_code == 204

@@ -7,7 +7,7 @@ import logging
 
 import orjson
 import pytest
-from asgi_stream import http_stream
+from asgi_stream import endpoint_app, http_stream
 from django.contrib.auth.models import User
 from django.test import AsyncClient, Client
 from prometheus_client import REGISTRY
@@ -35,11 +35,14 @@ def workspace(replicate) -> User:
     return alice
 
 
-def test_stream_log_line_and_metrics_for_an_integer_user(replicate, caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("transport", ["view", "endpoint"])
+def test_stream_log_line_and_metrics_for_an_integer_user(replicate, caplog: pytest.LogCaptureFixture,
+                                                         transport: str) -> None:
     alice = workspace(replicate)
     ops_before = value("powersync_operations_synced_total", transport="http")
+    app = endpoint_app() if transport == "endpoint" else None
     with caplog.at_level(logging.INFO, logger="powersync_django.streams"):
-        raw = asyncio.run(http_stream(b"{}", b"checkpoint_complete", user=str(alice.id)))
+        raw = asyncio.run(http_stream(b"{}", b"checkpoint_complete", user=str(alice.id), app=app))
     lines = [orjson.loads(x) for x in raw.splitlines() if x]
     buckets = lines[0]["checkpoint"]["buckets"]
     ops = sum(len(line["data"]["data"]) for line in lines if "data" in line)
