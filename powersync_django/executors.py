@@ -14,12 +14,15 @@ request, capped at ``MAX_CONCURRENT_UPLOADS`` per process (:class:`Slots`), beyo
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from asgiref.sync import sync_to_async
 from django.db import connections
 
 from .conf import get_config
@@ -64,6 +67,19 @@ def _call(fn: Callable[..., T], args: tuple, kwargs: dict) -> T:
     return fn(*args, **kwargs)
 
 
+_inline: contextvars.ContextVar[bool] = contextvars.ContextVar("powersync_inline_storage", default=False)
+
+
+@contextmanager
+def inline() -> Iterator[None]:
+    """Within this block, database jobs started by this context run on the calling thread (tests only)."""
+    token = _inline.set(True)
+    try:
+        yield
+    finally:
+        _inline.reset(token)
+
+
 class Pool:
     """A lazily started thread pool that counts its waiting jobs."""
 
@@ -101,6 +117,10 @@ class Pool:
 
     async def run(self, fn: Callable[..., T], *args: Any, admit: bool = False, **kwargs: Any) -> T:
         """Run a blocking database function on this pool; with ``admit``, refuse it when overloaded."""
+        if _inline.get():
+            # powersync_django.testing: on the thread that started the event loop (asgiref's thread-sensitive
+            # context), so reads see that thread's connection and its open test transaction.
+            return await sync_to_async(functools.partial(_call, fn, args, kwargs), thread_sensitive=True)()
         if admit:
             self.admit()
         executor = self.executor()

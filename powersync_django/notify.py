@@ -96,6 +96,14 @@ def checkpoint_committed(checkpoint_id: int) -> None:
             pass
 
 
+def forget_hub(hub: CheckpointHub) -> None:
+    """Drop a closed hub from the per-loop registry (its event loop is going away)."""
+    with _hubs_lock:
+        for loop, known in list(_hubs.items()):
+            if known is hub:
+                del _hubs[loop]
+
+
 def get_hub(using: str = "default") -> CheckpointHub:
     """The hub of the running event loop (started on first use)."""
     loop = asyncio.get_running_loop()
