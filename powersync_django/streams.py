@@ -35,6 +35,8 @@ from .rules import (
     _parse_data,
     _resolve,
     bucket_id,
+    change_key,
+    hint_value,
 )
 
 TOO_MANY_SUBSCRIPTIONS = "PSYNC_S2305"  # the reference's code for "too many buckets / parameter results"
@@ -61,6 +63,30 @@ def _as_rule_ref(value: Any) -> Any:
         if dot and source == "connection":
             return f"client.{key}"
     return value
+
+
+def _is_target_ref(value: Any) -> bool:
+    return _is_ref(value) or (isinstance(value, str) and value.startswith("subscription."))
+
+
+def subscription_keys(rules: Rules, request: SyncRequest) -> set[str]:
+    """Change keys (``label|attname=value``) that concern a connection through its subscriptions' parameters."""
+    out: set[str] = set()
+    for sub in request.subscriptions:
+        if not isinstance(sub, Mapping):
+            continue
+        d = rules.definitions.get(sub.get("stream")) if isinstance(sub.get("stream"), str) else None
+        params = sub.get("parameters")
+        if not isinstance(d, Stream) or not isinstance(params, Mapping):
+            continue
+        for q in d.parameter_queries:
+            for t in q.analysis.targets if q.analysis else ():
+                source, _, key = t.ref.partition(".")
+                if source == "subscription":
+                    value = hint_value(t.field, params.get(key))
+                    if value is not None:
+                        out.add(change_key(t.label, t.field.attname, value))
+    return out
 
 
 def resolve_ref(ref: str, token: Mapping[str, Any], client: Mapping[str, Any], subscription: Mapping[str, Any]) -> Any:
@@ -93,6 +119,17 @@ class StreamParameterQuery(ParameterQuery):
         if limit is not None:
             qs = qs[:limit + 1]
         return [tuple(r) for r in qs]
+
+
+    def stream_keys(self, token: Mapping[str, Any], client: Mapping[str, Any]) -> set[str]:
+        """Keys of the token and connection references (subscription ones: :func:`subscription_keys`)."""
+        out: set[str] = set()
+        for t in self.analysis.targets if self.analysis else ():
+            if not t.ref.startswith("subscription."):
+                value = hint_value(t.field, _resolve(t.ref, token, client))
+                if value is not None:
+                    out.add(change_key(t.label, t.field.attname, value))
+        return out
 
 
 @dataclass
@@ -393,11 +430,11 @@ def _parse_parameters(where: str, raw: Any, problems: list[Problem]) -> tuple[li
                 continue
             if model is None:
                 continue
-            # Which streams a change concerns (paths.analyse): token and connection references are targeted
-            # like a bucket definition's; a subscription parameter is not known per stream, so it targets
-            # nothing (the model is then targeted through the token filters, or re-evaluates every stream).
+            # Which streams a change concerns (paths.analyse): token, connection and subscription references
+            # are targeted; a stream's keys for subscription references come from its subscriptions
+            # (subscription_keys).
             analysis, invalid = paths.analyse(model, {k: _as_rule_ref(v) for k, v in filters.items()},
-                                              list(values.values()), _is_ref)
+                                              list(values.values()), _is_target_ref)
             for path in invalid:
                 problems.append(Problem("E006", f"{where}['parameters']: invalid lookup {path!r} on {model._meta.label}."))
             if analysis is None:

@@ -56,7 +56,8 @@ class SyncSession:
         self.rules: Rules = get_rules()
         self.wc_key = storage.write_checkpoint_key(claims.user_id, request.client_id)
         # checkpoint changed_models entries that make this stream re-evaluate its bucket set
-        self.watch = self.rules.stream_keys(claims.claims, request.parameters or {})
+        self.watch = self.rules.stream_keys(claims.claims, request.parameters or {}) | streams.subscription_keys(
+            self.rules, request)
         # bucket -> (definition, priority) the user is entitled to
         self.entitled: dict[str, tuple[str, int]] = {}
         # bucket -> why it is included ({"default": i} / {"sub": i}); checkpoint.streams of this connection

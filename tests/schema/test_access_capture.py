@@ -64,8 +64,12 @@ def test_targets_and_quiet_models():
     for label in ("workspace.membership", "workspace.foldermember", THROUGH):
         assert (watched[label].untargeted, list(watched[label].fields)) == (False, ["user_id"]), label
     # Read only by primary key in inner joins: their rows matter through the rows pointing at them.
-    for label in ("workspace.team", "workspace.folder", "workspace.document", "auth.user"):
+    for label in ("workspace.team", "workspace.folder", "auth.user"):
         assert (watched[label].untargeted, list(watched[label].fields)) == (False, []), label
+    # The `document` stream filters documents by owner (the token) and id (the subscription): a document's
+    # change concerns the streams of its owners before and after, and those subscribed to it.
+    assert (watched["workspace.document"].untargeted, sorted(watched["workspace.document"].fields)) == (
+        False, ["id", "owner_id"])
 
 
 def test_a_filter_on_the_queryset_models_own_column_makes_it_untargeted(settings):
@@ -198,7 +202,8 @@ def test_cascades_into_the_auto_created_table_are_captured(people):
     gone = [(op, s["document_id"], s["user_id"]) for (_, _, op), s in zip(entries(THROUGH), snapshots(THROUGH),
                                                                           strict=True)]
     assert sorted(gone) == sorted([("D", doc_pk, alice.pk), ("D", doc_pk, bob.pk)])
-    assert changed_models() == sorted(f"{THROUGH}|user_id={u.pk}" for u in (alice, bob))
+    assert changed_models() == sorted([*(f"{THROUGH}|user_id={u.pk}" for u in (alice, bob)),
+                                       f"workspace.document|id={doc_pk}", f"workspace.document|owner_id={alice.pk}"])
     bob.delete()
     assert [(op, s["document_id"]) for (_, _, op), s in zip(entries(THROUGH), snapshots(THROUGH), strict=True)] == [
         ("D", str(kept.pk))]

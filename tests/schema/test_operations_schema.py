@@ -46,7 +46,9 @@ def test_stream_log_line_and_metrics_for_an_integer_user(replicate, caplog: pyte
     lines = [orjson.loads(x) for x in raw.splitlines() if x]
     buckets = lines[0]["checkpoint"]["buckets"]
     ops = sum(len(line["data"]["data"]) for line in lines if "data" in line)
-    assert ops == 2 + 1  # the project and the task (MTI: both in projects), the task in tasks
+    # The project and the task (MTI: both in projects), the task in tasks, the 3 documents alice owns (an
+    # integer key to auth.User matched with the token's string sub).
+    assert ops == 2 + 1 + 3
     (record,) = [r for r in caplog.records if r.name == "powersync_django.streams"]
     assert record.user_id == str(alice.id) and record.buckets == len(buckets) == 3
     assert record.operations_synced == ops

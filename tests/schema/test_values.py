@@ -22,6 +22,7 @@ from typing import Any
 import orjson
 import pytest
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import DataError, IntegrityError, connection, models
 from django.test import Client, override_settings
 from hypothesis import HealthCheck, given
@@ -241,8 +242,10 @@ def op_data(pk: Any) -> dict[str, Any]:
 
 
 def upload(client: Client, body: dict[str, Any]):
+    # Upload hooks get the Django user of the token's sub: it must exist.
+    user, _ = User.objects.get_or_create(username="uploader")
     return client.post("/api/upload", orjson.dumps(body), content_type="application/json",
-                       HTTP_AUTHORIZATION=f"Token {make_token('1')}")
+                       HTTP_AUTHORIZATION=f"Token {make_token(str(user.pk))}")
 
 
 def test_specimen_has_every_builtin_field_type():
