@@ -297,7 +297,9 @@ async def checkpoint_request(request: HttpRequest) -> HttpResponse:
     try:
         if int(request.headers.get("Content-Length") or 0) > MAX_CHECKPOINT_REQUEST_BYTES:
             raise ProtocolError("Request body too large", status=413)
-        body = request.body
+        # Read from the stream: ``request.body`` of a chunked body (no Content-Length) over Django's
+        # DATA_UPLOAD_MAX_MEMORY_SIZE raises RequestDataTooBig (a 500 here).
+        body = request.read(MAX_CHECKPOINT_REQUEST_BYTES + 1)
         if len(body) > MAX_CHECKPOINT_REQUEST_BYTES:
             raise ProtocolError("Request body too large", status=413)
         client_id, request_id = parse_checkpoint_request(body)
