@@ -182,7 +182,7 @@ async def prepare_stream(claims: TokenClaims, body: bytes, accept: str, accept_e
     if len(body) > get_config()["MAX_REQUEST_BYTES"]:
         raise ProtocolError("Request body too large", status=413)
     sync_request = parse_json_request(body)
-    slot = limits.acquire()
+    slot = limits.acquire(claims.user_id)
     try:
         session = SyncSession(claims, sync_request)
         await session.prepare()
