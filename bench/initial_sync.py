@@ -63,7 +63,7 @@ replicate_now()
 def env_for(url: str) -> dict[str, str]:
     return {**os.environ, "DATABASE_URL": url, "POWERSYNC_JWT_SECRET": SECRET,
             "DJANGO_SETTINGS_MODULE": "demo_project.settings", "POWERSYNC_LOG_LEVEL": "WARNING",
-            "DJANGO_DEBUG": "0"}
+            "DJANGO_DEBUG": "0", "POWERSYNC_MAX_STREAMS_PER_USER": "none"}  # idle_streams: 1,000 streams of one user
 
 
 def token(url: str) -> str:

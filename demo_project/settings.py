@@ -142,6 +142,9 @@ POWERSYNC = {
     # A fleet runs the replicator as its own process(es) (`manage.py powersync_replicate`): set "0" on the servers.
     "REPLICATOR_IN_PROCESS": os.environ.get("POWERSYNC_REPLICATOR_IN_PROCESS", "1") != "0",
     "LEASE_SECONDS": float(os.environ.get("POWERSYNC_LEASE_SECONDS", "10")),
+    # Benchmarks open many streams as one user: POWERSYNC_MAX_STREAMS_PER_USER=none lifts the per-user cap.
+    "MAX_STREAMS_PER_USER": (None if os.environ.get("POWERSYNC_MAX_STREAMS_PER_USER", "20").lower() == "none"
+                             else int(os.environ.get("POWERSYNC_MAX_STREAMS_PER_USER", "20"))),
     # "channels": new checkpoints are announced over CHANNEL_LAYERS (set POWERSYNC_REDIS_URL) instead of LISTEN.
     "NOTIFY": os.environ.get("POWERSYNC_NOTIFY") or None,
     "BUCKETS": {

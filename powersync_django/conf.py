@@ -92,6 +92,9 @@ DEFAULTS: dict[str, Any] = {
     # Sync streams (HTTP and WebSocket) open at once per process; beyond: 429 PSYNC_S2304 with Retry-After.
     # None: no cap.
     "MAX_CONCURRENT_STREAMS": 5000,
+    # Sync streams one user (token ``sub``) may have open at once per process; beyond: 429 PSYNC_S2304, so
+    # that one account cannot take every slot of MAX_CONCURRENT_STREAMS. None: no per-user cap.
+    "MAX_STREAMS_PER_USER": 20,
     "RETRY_AFTER_SECONDS": 2,
     # Under daphne (runserver): most bytes of one HTTP stream buffered by the server before the stream
     # waits for the client to read (other servers apply their own flow control; see "Production server").

@@ -366,7 +366,8 @@ class SyncConsumer(AsyncWebsocketConsumer):
         try:
             assert self.claims is not None
             try:
-                slot = limits.acquire()  # over MAX_CONCURRENT_STREAMS: PSYNC_S2304
+                # Over MAX_CONCURRENT_STREAMS or MAX_STREAMS_PER_USER: PSYNC_S2304.
+                slot = limits.acquire(self.claims.user_id)
                 session = stream.session = self.session_class(
                     self.claims, self.decode_request(frame)
                 )

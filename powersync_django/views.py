@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import wraps
 from typing import Any
 
+from django.core.exceptions import RequestDataTooBig, SuspiciousOperation
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -47,9 +48,17 @@ def error_response(body: dict[str, Any], status: int) -> JsonResponse:
 def server_error(exc: BaseException, where: str) -> tuple[dict[str, Any], int, dict[str, str]]:
     """Log an exception an endpoint did not handle; return its JSON error body, status and headers.
 
-    A busy database (SQLite ``database is locked``, a PostgreSQL deadlock...) is a 503 ``PSYNC_S2003`` with
-    ``Retry-After``: the client retries. Anything else is a 500 ``PSYNC_S2001``; details stay in the log.
+    A request Django found suspicious (``SuspiciousOperation``: too many query fields, too large a body) is a
+    400 (413 for a body) ``PSYNC_S2001``. A busy database (SQLite ``database is locked``, a PostgreSQL
+    deadlock...) is a 503 ``PSYNC_S2003`` with ``Retry-After``: the client retries. Anything else is a 500 ``PSYNC_S2001``; details stay in the log.
     """
+    if isinstance(exc, SuspiciousOperation):
+        # A hostile or broken request Django refused (too many query fields, too large a body...): a 4xx, as
+        # Django itself answers it, with the protocol's JSON body.
+        logger.warning("powersync: %s: refused a suspicious request: %r", where, exc)
+        status = 413 if isinstance(exc, RequestDataTooBig) else 400
+        description = "Request body too large" if status == 413 else "Bad request"
+        return ProtocolError(description, status=status).as_json(), status, {}
     if db.is_busy_error(exc):
         logger.warning("powersync: %s: the database is busy; answered 503", where, exc_info=exc)
         error = ProtocolError("The database is busy; retry later", code="PSYNC_S2003", status=503)
@@ -173,7 +182,7 @@ async def prepare_stream(claims: TokenClaims, body: bytes, accept: str, accept_e
     if len(body) > get_config()["MAX_REQUEST_BYTES"]:
         raise ProtocolError("Request body too large", status=413)
     sync_request = parse_json_request(body)
-    slot = limits.acquire()
+    slot = limits.acquire(claims.user_id)
     try:
         session = SyncSession(claims, sync_request)
         await session.prepare()
@@ -297,7 +306,9 @@ async def checkpoint_request(request: HttpRequest) -> HttpResponse:
     try:
         if int(request.headers.get("Content-Length") or 0) > MAX_CHECKPOINT_REQUEST_BYTES:
             raise ProtocolError("Request body too large", status=413)
-        body = request.body
+        # Read from the stream: ``request.body`` of a chunked body (no Content-Length) over Django's
+        # DATA_UPLOAD_MAX_MEMORY_SIZE raises RequestDataTooBig (a 500 here).
+        body = request.read(MAX_CHECKPOINT_REQUEST_BYTES + 1)
         if len(body) > MAX_CHECKPOINT_REQUEST_BYTES:
             raise ProtocolError("Request body too large", status=413)
         client_id, request_id = parse_checkpoint_request(body)

@@ -185,3 +185,42 @@ def test_openapi_describes_the_endpoint():
     assert set(operation["responses"]) >= {"200", "400", "401", "413"}
     body = schema["components"]["schemas"]["PowerSyncCheckpointRequest"]
     assert body["required"] == ["client_id", "checkpoint_request_id"]
+
+
+def asgi_post(path: str, chunks: list[bytes], headers: list[tuple[bytes, bytes]]) -> tuple[int, bytes]:
+    """POST ``chunks`` as the request body through Django's ASGI handler, with exactly ``headers`` (a chunked
+    request has no Content-Length); (status, body) of the answer."""
+    from django.core.asgi import get_asgi_application
+
+    app = get_asgi_application()
+    messages = [{"type": "http.request", "body": c, "more_body": i < len(chunks) - 1} for i, c in enumerate(chunks)]
+    answer: dict = {"body": b""}
+
+    async def receive():
+        if messages:
+            return messages.pop(0)
+        await asyncio.Event().wait()  # the client stays connected
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            answer["status"] = message["status"]
+        else:
+            answer["body"] += message.get("body", b"")
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": path, "raw_path": path.encode(), "query_string": b"", "root_path": "", "headers": headers,
+             "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+    asyncio.run(app(scope, receive, send))
+    return answer["status"], answer["body"]
+
+
+def test_a_chunked_body_without_content_length_is_bounded_too():
+    """Without a Content-Length header (chunked transfer) the body is read up to the limit, not in full."""
+    body = orjson.dumps({"client_id": "a", "checkpoint_request_id": "7"})
+    padding = [b" " * 65536] * 48  # 3 MB (over DATA_UPLOAD_MAX_MEMORY_SIZE) of whitespace after a valid document
+    status, content = asgi_post("/sync/checkpoint-request", [body, *padding],
+                                [(b"authorization", f"Token {make_token('u1')}".encode()),
+                                 (b"content-type", b"application/json")])
+    assert status == 413, content
+    assert orjson.loads(content)["error"]["status"] == 413
+    assert not WriteCheckpoint.objects.exists()

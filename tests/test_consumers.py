@@ -973,3 +973,28 @@ async def test_streams_over_the_process_cap_are_rejected_with_s2304(app: App, to
         assert "checkpoint" in await second.line()
         await second.close()
     await wait_for(lambda: limits.active() == 0)
+
+
+@run_async
+async def test_streams_over_the_per_user_cap_are_rejected_with_s2304(app: App, token: str) -> None:
+    """MAX_STREAMS_PER_USER counts WebSocket streams too: the same user's second connection is refused."""
+    from powersync_django import limits
+
+    await in_thread(replicate_now)()
+    with override_settings(POWERSYNC=config(MAX_STREAMS_PER_USER=1)):
+        first, second = Client(app.asgi()), Client(app.asgi())
+        for client in (first, second):
+            await client.connect()
+            await client.send(setup_frame(token))
+        await first.send(request_frame())
+        await first.lines_until("checkpoint_complete")
+        await second.send(request_frame())
+        error = await second.next()
+        assert isinstance(error, Error) and (error.stream_id, error.code) == (1, APPLICATION_ERROR)
+        assert error.message.startswith("[PSYNC_S2304] ") and "this user" in error.message
+        await first.close()
+        await wait_for(lambda: limits.active() == 0)
+        await second.send(request_frame(stream_id=3))
+        assert "checkpoint" in await second.line()
+        await second.close()
+    await wait_for(lambda: limits.active() == 0)

@@ -202,3 +202,13 @@ async def test_protocol_error_mid_stream_is_an_error_frame_not_something_went_wr
     assert isinstance(frame, Error) and frame.stream_id == 1 and frame.code == APPLICATION_ERROR
     assert frame.message.startswith("[PSYNC_S2001] Token or client parameters"), frame.message
     await client.close()
+
+
+@pytest.mark.parametrize("query", [
+    "&".join(f"f{i}=1" for i in range(1500)),  # over DATA_UPLOAD_MAX_NUMBER_FIELDS: TooManyFieldsSent
+])
+def test_a_suspicious_query_string_is_a_400_json_error_not_a_500(query: str) -> None:
+    response, content = http("GET", f"/write-checkpoint2.json?client_id=c&{query}")
+    assert response.status_code == 400, content
+    assert error_of(response, content)["code"] == "PSYNC_S2001"
+    assert not WriteCheckpoint.objects.exists()

@@ -131,3 +131,35 @@ def test_a_stream_dropped_before_its_body_started_gives_its_slot_back():
 
     asyncio.run(run())
     assert limits.active() == 0
+
+
+def test_one_user_cannot_take_every_stream_slot():
+    """MAX_STREAMS_PER_USER: a user opening streams in a loop gets 429 at its own cap while other users are
+    still served; the user's slots come back when its streams end."""
+
+    async def run():
+        application = endpoint_app()
+        with override_settings(POWERSYNC={**settings.POWERSYNC, "MAX_CONCURRENT_STREAMS": 4,
+                                          "MAX_STREAMS_PER_USER": 2}):
+            held = [open_stream(application, "greedy") for _ in range(2)]
+            for request in held:
+                await until_complete(request)
+            refused = open_stream(application, "greedy")
+            await refused.task
+            other = open_stream(application, "u2")
+            await until_complete(other)
+            assert limits.active("greedy") == 2
+            await held[0].disconnect()
+            assert limits.active("greedy") == 1
+            again = open_stream(application, "greedy")
+            await until_complete(again)
+            for request in (held[1], other, again):
+                await request.disconnect()
+        return refused.response
+
+    response = asyncio.run(run())
+    assert response.status_code == 429
+    assert response["Retry-After"] == str(settings.POWERSYNC.get("RETRY_AFTER_SECONDS", 2))
+    error = orjson.loads(response.content)["error"]
+    assert error["code"] == "PSYNC_S2304" and "this user" in error["description"]
+    assert limits.active() == 0 and limits.active("greedy") == 0
