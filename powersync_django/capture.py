@@ -126,11 +126,13 @@ def _entry_for(instance: models.Model, using: str, partial: bool = False, model:
 
 
 def _delete_entry(model: type[models.Model], instance: models.Model, rules: Rules) -> OutboxEntry:
-    """A D entry; for models read by parameter querysets with the values the deleted row had (those loaded)."""
+    """A D entry; for models read by parameter querysets with the values the deleted row had (those loaded,
+    the targeted ones as :func:`_on_tracked_pre_delete` read them from the database)."""
     label = label_of(model)
     text = None
+    stored = instance.__dict__.pop(_STORED, None)
     if label in rules.watched:
-        loaded = instance.__dict__
+        loaded = {**instance.__dict__, **(stored or {})}
         text = orjson.dumps({f.attname: snapshot_value(f, loaded[f.attname]) for f in model._meta.concrete_fields
                              if f.attname in loaded and not isinstance(loaded[f.attname], BaseExpression)}).decode()
     return OutboxEntry(model=label, object_pk=str(instance.pk), op=OutboxEntry.DELETE, snapshot=text)
@@ -150,6 +152,7 @@ def write_entries(entries: list[OutboxEntry], using: str) -> None:
 
 
 _OLD = "_powersync_old"
+_STORED = "_powersync_stored"
 
 
 def _on_pre_save(sender: type[models.Model], instance: models.Model, raw: bool = False, using: str = "default",
@@ -164,6 +167,26 @@ def _on_pre_save(sender: type[models.Model], instance: models.Model, raw: bool =
         return  # a new row: its key was just generated
     qs = _locking(sender._base_manager.using(using).filter(pk=instance.pk))
     instance.__dict__[_OLD] = qs.values(*(f.attname for f in fields)).first() or False
+
+
+def _on_tracked_pre_delete(sender: type[models.Model], instance: models.Model, using: str = "default",
+                           origin: Any = None, **kwargs: Any) -> None:
+    """Read the targeted values the row of an instance being deleted has in the database (one primary-key query).
+
+    The instance ``delete()`` was called on may be stale (changed in memory, or loaded before another
+    transaction moved the row to another user): its D entry must name the streams the row concerned. Rows a
+    cascade or ``QuerySet.delete()`` collected were just read from the database: no query for them.
+    """
+    instance.__dict__.pop(_STORED, None)
+    if origin is not instance:
+        return
+    fields = get_rules().targeted_fields(label_of(sender))
+    if not fields or instance.pk is None:
+        return
+    qs = _locking(sender._base_manager.using(using).filter(pk=instance.pk))
+    row = qs.values(*(f.attname for f in fields)).first()
+    if row is not None:
+        instance.__dict__[_STORED] = row
 
 
 def _on_save(sender: type[models.Model], instance: models.Model, raw: bool = False, using: str = "default",
@@ -363,6 +386,7 @@ def _track(model: type[models.Model]) -> None:
     if not tracked:
         return
     post_delete.connect(_on_delete, sender=model, dispatch_uid="powersync_django.capture.delete")
+    pre_delete.connect(_on_tracked_pre_delete, sender=model, dispatch_uid="powersync_django.capture.delete_pre")
     if label_of(model) in plan.through:
         m2m_changed.connect(_on_m2m_changed, sender=model, dispatch_uid="powersync_django.capture.m2m")
     concrete = model._meta.concrete_model

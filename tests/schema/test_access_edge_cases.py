@@ -1,0 +1,69 @@
+"""Access changes in less common shapes (adversarial review of issue #9): each one must reach the streams of
+the users it concerns."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+from django.contrib.auth.models import User
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from schema_project.workspace.models import Membership, Team
+
+from powersync_django.models import Checkpoint, OutboxEntry
+from powersync_django.replication import replicate_now
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def changed_models() -> list[str]:
+    """changed_models of the checkpoint that replicating everything pending commits."""
+    replicate_now()
+    return orjson.loads(Checkpoint.objects.latest("id").changed_models)
+
+
+@pytest.fixture
+def people():
+    alice, bob = User.objects.create(username="alice"), User.objects.create(username="bob")
+    replicate_now()
+    return alice, bob
+
+
+def test_deleting_a_stale_instance_names_the_user_the_row_has(people):
+    """A membership loaded before another request moved it to bob, then deleted: bob loses the team."""
+    alice, bob = people
+    team = Team.objects.create(name="t")
+    m = Membership.objects.create(team=team, user=alice)
+    stale = Membership.objects.get(pk=m.pk)
+    m.user = bob
+    m.save()
+    replicate_now()
+    stale.delete()
+    [entry] = OutboxEntry.objects.filter(model="workspace.membership")
+    assert orjson.loads(entry.snapshot)["user_id"] == bob.pk
+    assert changed_models() == [f"workspace.membership|user_id={bob.pk}"]
+
+
+def test_deleting_an_instance_changed_in_memory_names_the_stored_user(people):
+    alice, bob = people
+    team = Team.objects.create(name="t")
+    m = Membership.objects.create(team=team, user=alice)
+    replicate_now()
+    m.user = bob  # never saved: the row that goes is alice's
+    m.delete()
+    assert changed_models() == [f"workspace.membership|user_id={alice.pk}"]
+
+
+def test_cascaded_deletes_read_no_row_twice(people):
+    alice, bob = people
+    team = Team.objects.create(name="t")
+    for user in (alice, bob):
+        Membership.objects.create(team=team, user=user)
+    replicate_now()
+    with CaptureQueriesContext(connection) as ctx:
+        team.delete()
+    # The cascade reads the memberships once and deletes them: no read of each row's stored values.
+    reads = [q["sql"] for q in ctx.captured_queries
+             if q["sql"].startswith("SELECT") and 'FROM "workspace_membership"' in q["sql"]]
+    assert len(reads) == 1, reads
+    assert sorted(changed_models()) == sorted(f"workspace.membership|user_id={u.pk}" for u in (alice, bob))
