@@ -277,8 +277,9 @@ def _on_referenced_pre_delete(sender: type[models.Model], instance: models.Model
     """Rows of tracked models pointing at a row being deleted, which Django changes without signals: updated
     by ``SET_NULL``/``SET_DEFAULT``/``SET(...)``, or deleted rows of auto-created many-to-many tables."""
     found = []
-    for model, fk in _plan().silent_on_delete.get(label_of(sender), ()):
-        if not is_tracked(model):
+    plan = _plan()
+    for model, fk in plan.silent_on_delete.get(label_of(sender), ()):
+        if not (is_tracked(model) or label_of(model) in plan.family):
             continue
         rows = model._base_manager.using(using).filter(**{fk.name: instance})
         if model._meta.auto_created:
@@ -309,8 +310,8 @@ class _Plan:
 
     # through model label -> its many-to-many field
     through: dict[str, models.ManyToManyField] = field(default_factory=dict)
-    # referenced model label -> (tracked model, its foreign key Django updates, or deletes through, without
-    # signals when a referenced row is deleted)
+    # referenced model label -> (tracked model or multi-table parent of one, its foreign key Django updates, or
+    # deletes through, without signals when a referenced row is deleted)
     silent_on_delete: dict[str, list[tuple[type[models.Model], models.ForeignKey]]] = field(default_factory=dict)
     # label -> tracked multi-table inheritance (parents, descendants), for models that have some
     family: dict[str, tuple[list, list]] = field(default_factory=dict)
@@ -335,12 +336,17 @@ def _plan() -> _Plan:
                 plan.family[label_of(model)] = (parents, children)
         if model._meta.proxy or label_of(model) not in rules.captured_labels:
             continue
-        for f in model._meta.local_concrete_fields:
+        # Fields inherited from multi-table parents too: their rows are updated in the parent's table, which
+        # need not be tracked itself (record_changed then records the tracked child rows).
+        for f in model._meta.concrete_fields:
             on_delete = getattr(f.remote_field, "on_delete", None)
             if on_delete is None or (on_delete in _NOT_UPDATING and not (model._meta.auto_created
                                                                        and on_delete is models.CASCADE)):
                 continue
-            plan.silent_on_delete.setdefault(label_of(f.remote_field.model), []).append((model, f))
+            owner = f.model._meta.concrete_model
+            found = plan.silent_on_delete.setdefault(label_of(f.remote_field.model), [])
+            if not any(m is owner and g is f for m, g in found):
+                found.append((owner, f))
     _plan_cache[:] = [(rules, plan)]
     return plan
 

@@ -8,10 +8,11 @@ import pytest
 from django.contrib.auth.models import User
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
-from schema_project.workspace.models import Membership, Team
+from schema_project.workspace.models import Membership, Task, Team
 
-from powersync_django.models import Checkpoint, OutboxEntry
+from powersync_django.models import BucketOp, Checkpoint, OutboxEntry
 from powersync_django.replication import replicate_now
+from powersync_django.rules import get_rules
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -67,3 +68,26 @@ def test_cascaded_deletes_read_no_row_twice(people):
              if q["sql"].startswith("SELECT") and 'FROM "workspace_membership"' in q["sql"]]
     assert len(reads) == 1, reads
     assert sorted(changed_models()) == sorted(f"workspace.membership|user_id={u.pk}" for u in (alice, bob))
+
+
+# --- on_delete updates of fields a multi-table child inherits ------------------------------------------
+
+
+@pytest.fixture
+def tasks_only(settings):
+    """Only Task (a multi-table child of Project) is synced: Project itself is in no bucket definition."""
+    settings.POWERSYNC = {**settings.POWERSYNC, "STREAMS": {},
+                          "BUCKETS": {"team_tasks": settings.POWERSYNC["BUCKETS"]["team_tasks"]}}
+    assert "workspace.project" not in get_rules().captured_labels
+
+
+def test_set_null_of_a_field_inherited_from_an_untracked_parent_is_captured(tasks_only):
+    lead = User.objects.create(username="lead")
+    team = Team.objects.create(name="t")
+    task = Task.objects.create(team=team, name="t1", lead=lead)
+    replicate_now()
+    lead.delete()  # Django sets Project.lead_id to NULL with an UPDATE, no signals
+    assert [(e.model, e.object_pk, e.op) for e in OutboxEntry.objects.all()] == [("workspace.task", str(task.pk), "S")]
+    replicate_now()
+    op = BucketOp.objects.filter(bucket=f"1#team_tasks[{team.pk}]").latest("op_id")
+    assert (op.op, orjson.loads(op.data)["lead_id"]) == ("PUT", None)
