@@ -173,12 +173,13 @@ def _on_tracked_pre_delete(sender: type[models.Model], instance: models.Model, u
                            origin: Any = None, **kwargs: Any) -> None:
     """Read the targeted values the row of an instance being deleted has in the database (one primary-key query).
 
-    The instance ``delete()`` was called on may be stale (changed in memory, or loaded before another
-    transaction moved the row to another user): its D entry must name the streams the row concerned. Rows a
-    cascade or ``QuerySet.delete()`` collected were just read from the database: no query for them.
+    The instance ``delete()`` was called on (and its multi-table parents, built from it) may be stale (changed
+    in memory, or loaded before another transaction moved the row to another user): its D entry must name the
+    streams the row concerned. Rows a cascade or ``QuerySet.delete()`` collected were just read from the
+    database: no query for them.
     """
     instance.__dict__.pop(_STORED, None)
-    if origin is not instance:
+    if not _is_origin_row(instance, origin):
         return
     fields = get_rules().targeted_fields(label_of(sender))
     if not fields or instance.pk is None:
@@ -187,6 +188,15 @@ def _on_tracked_pre_delete(sender: type[models.Model], instance: models.Model, u
     row = qs.values(*(f.attname for f in fields)).first()
     if row is not None:
         instance.__dict__[_STORED] = row
+
+
+def _is_origin_row(instance: models.Model, origin: Any) -> bool:
+    """Whether ``instance`` is the row ``delete()`` was called on, or a multi-table parent row of it (Django
+    builds those instances from the child's fields in memory)."""
+    if origin is instance:
+        return True
+    return (isinstance(origin, models.Model) and isinstance(origin, instance._meta.concrete_model)
+            and origin.pk is not None and origin.pk == instance.pk)
 
 
 def _on_save(sender: type[models.Model], instance: models.Model, raw: bool = False, using: str = "default",

@@ -91,3 +91,24 @@ def test_set_null_of_a_field_inherited_from_an_untracked_parent_is_captured(task
     replicate_now()
     op = BucketOp.objects.filter(bucket=f"1#team_tasks[{team.pk}]").latest("op_id")
     assert (op.op, orjson.loads(op.data)["lead_id"]) == ("PUT", None)
+
+
+def test_deleting_a_stale_multi_table_child_names_the_parent_rows_stored_user(settings):
+    """Django builds the parent instance of a deleted child from the child's (stale) fields."""
+    settings.POWERSYNC = {**settings.POWERSYNC, "BUCKETS": {
+        **settings.POWERSYNC["BUCKETS"],
+        "led_teams": {"parameters": {"queryset": "workspace.Project", "filter": {"lead_id": "token.sub"},
+                                     "values": {"team_id": "team_id"}},
+                      "data": [{"model": "workspace.Project", "table": "projects",
+                                "filter": {"team_id": "bucket.team_id"}}]}}}
+    assert [f.attname for f in get_rules().targeted_fields("workspace.project")] == ["lead_id"]
+    alice, bob = User.objects.create(username="alice"), User.objects.create(username="bob")
+    task = Task.objects.create(team=Team.objects.create(name="t"), name="t1", lead=alice)
+    stale = Task.objects.get(pk=task.pk)
+    task.lead = bob
+    task.save()
+    replicate_now()
+    stale.delete()
+    [entry] = OutboxEntry.objects.filter(model="workspace.project")
+    assert orjson.loads(entry.snapshot)["lead_id"] == bob.pk
+    assert f"workspace.project|lead_id={bob.pk}" in changed_models()
