@@ -520,8 +520,8 @@ class PowerSyncQuerySet(models.QuerySet):
                                           unique_fields=unique_fields)
             pks = [o.pk for o in created if o.pk is not None]
             if keyless and floor is not None:
-                # Keys given by the database, not returned with ON CONFLICT DO NOTHING: they are above every
-                # key visible before the insert (rows of other transactions in between are recorded as well).
+                # Keys given by the database, not returned with ON CONFLICT DO NOTHING: they are above the
+                # floor read before the insert (rows of other transactions in between are recorded as well).
                 pks += list(self.model._base_manager.using(self.db).filter(pk__gt=floor).values_list("pk", flat=True))
             elif keyless:
                 pks += list(candidates.values_list("pk", flat=True)) if candidates is not None else []
@@ -543,11 +543,23 @@ class PowerSyncQuerySet(models.QuerySet):
 
 
 def _max_integer_pk(qs: models.QuerySet) -> int | None:
-    """The largest key, for models with database-generated integer keys (None for other keys)."""
+    """A key below every key the database can generate next, for models with database-generated integer keys
+    (None for other keys): the largest key, or on PostgreSQL the key sequence's last value when that is lower
+    (a row was created with an explicit key above the sequence: new keys are below it)."""
     pk = qs.model._meta.pk
     if not isinstance(pk, models.AutoField | models.BigAutoField | models.SmallAutoField):
         return None
-    return qs.model._base_manager.using(qs.db).aggregate(m=models.Max("pk"))["m"] or 0
+    floor = qs.model._base_manager.using(qs.db).aggregate(m=models.Max("pk"))["m"] or 0
+    connection = connections[qs.db]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)",
+                           [connection.ops.quote_name(qs.model._meta.db_table), pk.column])
+            sequence = cursor.fetchone()[0]
+            if sequence:  # as quoted by PostgreSQL
+                cursor.execute(f"SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {sequence}")  # noqa: S608
+                floor = min(floor, int(cursor.fetchone()[0]))
+    return floor
 
 
 def _conflict_candidates(qs: models.QuerySet, objs: list[models.Model]) -> models.QuerySet | None:

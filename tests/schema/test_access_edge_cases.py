@@ -10,6 +10,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from schema_project.workspace.models import Membership, Task, Team
 
+from powersync_django.capture import PowerSyncQuerySet
 from powersync_django.models import BucketOp, Checkpoint, OutboxEntry
 from powersync_django.replication import replicate_now
 from powersync_django.rules import get_rules
@@ -112,3 +113,21 @@ def test_deleting_a_stale_multi_table_child_names_the_parent_rows_stored_user(se
     [entry] = OutboxEntry.objects.filter(model="workspace.project")
     assert orjson.loads(entry.snapshot)["lead_id"] == bob.pk
     assert f"workspace.project|lead_id={bob.pk}" in changed_models()
+
+
+# --- bulk_create(ignore_conflicts=True) with database-assigned keys -----------------------------------
+
+
+def test_ignore_conflicts_insert_below_an_explicit_key_is_captured(people):
+    """A row created with an explicit key above the key sequence (a data import, a client upload on SQLite):
+    the rows the insert creates get keys below the largest one and must still be recorded."""
+    alice, bob = people
+    team = Team.objects.create(name="t")
+    Membership.objects.create(id=10_000, team=Team.objects.create(name="imported"), user=alice)
+    replicate_now()
+    PowerSyncQuerySet(Membership).bulk_create([Membership(team=team, user=bob)], ignore_conflicts=True)
+    new = Membership.objects.get(team=team, user=bob)
+    if connection.vendor == "postgresql":
+        assert new.pk < 10_000  # from the key sequence (SQLite's AUTOINCREMENT goes above the largest key)
+    assert str(new.pk) in {e.object_pk for e in OutboxEntry.objects.filter(model="workspace.membership")}
+    assert f"workspace.membership|user_id={bob.pk}" in changed_models()
