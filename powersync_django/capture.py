@@ -126,11 +126,13 @@ def _entry_for(instance: models.Model, using: str, partial: bool = False, model:
 
 
 def _delete_entry(model: type[models.Model], instance: models.Model, rules: Rules) -> OutboxEntry:
-    """A D entry; for models read by parameter querysets with the values the deleted row had (those loaded)."""
+    """A D entry; for models read by parameter querysets with the values the deleted row had (those loaded,
+    the targeted ones as :func:`_on_tracked_pre_delete` read them from the database)."""
     label = label_of(model)
     text = None
+    stored = instance.__dict__.pop(_STORED, None)
     if label in rules.watched:
-        loaded = instance.__dict__
+        loaded = {**instance.__dict__, **(stored or {})}
         text = orjson.dumps({f.attname: snapshot_value(f, loaded[f.attname]) for f in model._meta.concrete_fields
                              if f.attname in loaded and not isinstance(loaded[f.attname], BaseExpression)}).decode()
     return OutboxEntry(model=label, object_pk=str(instance.pk), op=OutboxEntry.DELETE, snapshot=text)
@@ -150,6 +152,7 @@ def write_entries(entries: list[OutboxEntry], using: str) -> None:
 
 
 _OLD = "_powersync_old"
+_STORED = "_powersync_stored"
 
 
 def _on_pre_save(sender: type[models.Model], instance: models.Model, raw: bool = False, using: str = "default",
@@ -164,6 +167,36 @@ def _on_pre_save(sender: type[models.Model], instance: models.Model, raw: bool =
         return  # a new row: its key was just generated
     qs = _locking(sender._base_manager.using(using).filter(pk=instance.pk))
     instance.__dict__[_OLD] = qs.values(*(f.attname for f in fields)).first() or False
+
+
+def _on_tracked_pre_delete(sender: type[models.Model], instance: models.Model, using: str = "default",
+                           origin: Any = None, **kwargs: Any) -> None:
+    """Read the targeted values the row of an instance being deleted has in the database (one primary-key query).
+
+    The instance ``delete()`` was called on (and its multi-table parents, built from it) may be stale (changed
+    in memory, or loaded before another transaction moved the row to another user): its D entry must name the
+    streams the row concerned. Rows a cascade or ``QuerySet.delete()`` collected were just read from the
+    database: no query for them.
+    """
+    instance.__dict__.pop(_STORED, None)
+    if not _is_origin_row(instance, origin):
+        return
+    fields = get_rules().targeted_fields(label_of(sender))
+    if not fields or instance.pk is None:
+        return
+    qs = _locking(sender._base_manager.using(using).filter(pk=instance.pk))
+    row = qs.values(*(f.attname for f in fields)).first()
+    if row is not None:
+        instance.__dict__[_STORED] = row
+
+
+def _is_origin_row(instance: models.Model, origin: Any) -> bool:
+    """Whether ``instance`` is the row ``delete()`` was called on, or a multi-table parent row of it (Django
+    builds those instances from the child's fields in memory)."""
+    if origin is instance:
+        return True
+    return (isinstance(origin, models.Model) and isinstance(origin, instance._meta.concrete_model)
+            and origin.pk is not None and origin.pk == instance.pk)
 
 
 def _on_save(sender: type[models.Model], instance: models.Model, raw: bool = False, using: str = "default",
@@ -254,8 +287,9 @@ def _on_referenced_pre_delete(sender: type[models.Model], instance: models.Model
     """Rows of tracked models pointing at a row being deleted, which Django changes without signals: updated
     by ``SET_NULL``/``SET_DEFAULT``/``SET(...)``, or deleted rows of auto-created many-to-many tables."""
     found = []
-    for model, fk in _plan().silent_on_delete.get(label_of(sender), ()):
-        if not is_tracked(model):
+    plan = _plan()
+    for model, fk in plan.silent_on_delete.get(label_of(sender), ()):
+        if not (is_tracked(model) or label_of(model) in plan.family):
             continue
         rows = model._base_manager.using(using).filter(**{fk.name: instance})
         if model._meta.auto_created:
@@ -286,8 +320,8 @@ class _Plan:
 
     # through model label -> its many-to-many field
     through: dict[str, models.ManyToManyField] = field(default_factory=dict)
-    # referenced model label -> (tracked model, its foreign key Django updates, or deletes through, without
-    # signals when a referenced row is deleted)
+    # referenced model label -> (tracked model or multi-table parent of one, its foreign key Django updates, or
+    # deletes through, without signals when a referenced row is deleted)
     silent_on_delete: dict[str, list[tuple[type[models.Model], models.ForeignKey]]] = field(default_factory=dict)
     # label -> tracked multi-table inheritance (parents, descendants), for models that have some
     family: dict[str, tuple[list, list]] = field(default_factory=dict)
@@ -312,12 +346,17 @@ def _plan() -> _Plan:
                 plan.family[label_of(model)] = (parents, children)
         if model._meta.proxy or label_of(model) not in rules.captured_labels:
             continue
-        for f in model._meta.local_concrete_fields:
+        # Fields inherited from multi-table parents too: their rows are updated in the parent's table, which
+        # need not be tracked itself (record_changed then records the tracked child rows).
+        for f in model._meta.concrete_fields:
             on_delete = getattr(f.remote_field, "on_delete", None)
             if on_delete is None or (on_delete in _NOT_UPDATING and not (model._meta.auto_created
                                                                        and on_delete is models.CASCADE)):
                 continue
-            plan.silent_on_delete.setdefault(label_of(f.remote_field.model), []).append((model, f))
+            owner = f.model._meta.concrete_model
+            found = plan.silent_on_delete.setdefault(label_of(f.remote_field.model), [])
+            if not any(m is owner and g is f for m, g in found):
+                found.append((owner, f))
     _plan_cache[:] = [(rules, plan)]
     return plan
 
@@ -363,6 +402,7 @@ def _track(model: type[models.Model]) -> None:
     if not tracked:
         return
     post_delete.connect(_on_delete, sender=model, dispatch_uid="powersync_django.capture.delete")
+    pre_delete.connect(_on_tracked_pre_delete, sender=model, dispatch_uid="powersync_django.capture.delete_pre")
     if label_of(model) in plan.through:
         m2m_changed.connect(_on_m2m_changed, sender=model, dispatch_uid="powersync_django.capture.m2m")
     concrete = model._meta.concrete_model
@@ -480,8 +520,8 @@ class PowerSyncQuerySet(models.QuerySet):
                                           unique_fields=unique_fields)
             pks = [o.pk for o in created if o.pk is not None]
             if keyless and floor is not None:
-                # Keys given by the database, not returned with ON CONFLICT DO NOTHING: they are above every
-                # key visible before the insert (rows of other transactions in between are recorded as well).
+                # Keys given by the database, not returned with ON CONFLICT DO NOTHING: they are above the
+                # floor read before the insert (rows of other transactions in between are recorded as well).
                 pks += list(self.model._base_manager.using(self.db).filter(pk__gt=floor).values_list("pk", flat=True))
             elif keyless:
                 pks += list(candidates.values_list("pk", flat=True)) if candidates is not None else []
@@ -503,11 +543,23 @@ class PowerSyncQuerySet(models.QuerySet):
 
 
 def _max_integer_pk(qs: models.QuerySet) -> int | None:
-    """The largest key, for models with database-generated integer keys (None for other keys)."""
+    """A key below every key the database can generate next, for models with database-generated integer keys
+    (None for other keys): the largest key, or on PostgreSQL the key sequence's last value when that is lower
+    (a row was created with an explicit key above the sequence: new keys are below it)."""
     pk = qs.model._meta.pk
     if not isinstance(pk, models.AutoField | models.BigAutoField | models.SmallAutoField):
         return None
-    return qs.model._base_manager.using(qs.db).aggregate(m=models.Max("pk"))["m"] or 0
+    floor = qs.model._base_manager.using(qs.db).aggregate(m=models.Max("pk"))["m"] or 0
+    connection = connections[qs.db]
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_get_serial_sequence(%s, %s)",
+                           [connection.ops.quote_name(qs.model._meta.db_table), pk.column])
+            sequence = cursor.fetchone()[0]
+            if sequence:  # as quoted by PostgreSQL
+                cursor.execute(f"SELECT CASE WHEN is_called THEN last_value ELSE last_value - 1 END FROM {sequence}")  # noqa: S608
+                floor = min(floor, int(cursor.fetchone()[0]))
+    return floor
 
 
 def _conflict_candidates(qs: models.QuerySet, objs: list[models.Model]) -> models.QuerySet | None:

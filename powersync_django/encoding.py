@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import models
+from django.db import DEFAULT_DB_ALIAS, connections, models, router
 from django.utils import timezone
 
 from .conf import get_config
@@ -184,9 +184,9 @@ def snapshot_value(field: models.Field, value: Any, *, synced: bool = False) -> 
                                   "Store None (or a finite number) instead.")
         return str(value)  # float("nan") reads it back
     if isinstance(field, models.DecimalField) and field.decimal_places is not None:
-        # The database keeps decimal_places digits (1.5 is stored and read back as 1.50).
+        # The database keeps decimal_places digits (1.5 is stored and read back as 1.50), rounding as it does.
         try:
-            return str(value.quantize(decimal.Decimal(1).scaleb(-field.decimal_places)))
+            return str(value.quantize(decimal.Decimal(1).scaleb(-field.decimal_places), rounding=_rounding(field)))
         except (decimal.InvalidOperation, AttributeError):
             return str(value)
     if isinstance(value, memoryview | bytearray):
@@ -194,6 +194,15 @@ def snapshot_value(field: models.Field, value: Any, *, synced: bool = False) -> 
     if _is(field, RangeField):
         value = _canonical_range(field, value)
     return _value_to_string(field, value)
+
+
+def _rounding(field: models.DecimalField) -> str:
+    """How the database rounds a value with more decimal places than the column keeps: PostgreSQL's numeric
+    rounds ties away from zero (0.125 -> 0.13); SQLite keeps the number and Django's converter rounds it
+    half-even when reading (0.125 -> 0.12)."""
+    model = getattr(field, "model", None)
+    alias = router.db_for_write(model) if isinstance(model, type) else DEFAULT_DB_ALIAS
+    return decimal.ROUND_HALF_UP if connections[alias].vendor == "postgresql" else decimal.ROUND_HALF_EVEN
 
 
 # Range element types PostgreSQL canonicalises to [) (int4range, int8range, daterange), by internal type.

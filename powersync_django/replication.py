@@ -463,10 +463,9 @@ class Replicator:
             qs = qs.filter(pk__gt=pk.to_python(state.build_after))
         size = BUILD_ROWS_SQLITE if connections[db].vendor == "sqlite" else BUILD_ROWS
         size = min(size, BUILD_ROWS)  # tests lower BUILD_ROWS
-        rows = list(qs[:size])
+        rows, failed, seen, last_pk = _read_build_rows(qs, pk, label, size, db)
         batch = _Batch(next_op=state.build_next_op)
         memberships: dict[str, list[list[str]]] = {}
-        failed: list[DeadLetter] = []
         for row in rows:
             try:
                 new = rules.row_buckets(label, row, version)
@@ -482,9 +481,9 @@ class Replicator:
                 logger.error("powersync: row %s:%.100s cannot be replicated (build of version %s) and was recorded "
                              "as a dead letter: %s", label, letter.object_pk, version, letter.error)
         state.build_next_op = batch.next_op
-        state.build_rows_done += len(rows)
-        if len(rows) == size:
-            state.build_after = str(rows[-1][pk.attname])
+        state.build_rows_done += seen
+        if seen == size:
+            state.build_after = str(last_pk)
         else:
             following = labels.index(label) + 1
             state.build_model = labels[following] if following < len(labels) else ""
@@ -623,6 +622,34 @@ def _row_dead_letter(label: str, pk: str, exc: BaseException) -> DeadLetter:
     return DeadLetter(entry_id=0, source=source_key(label, pk), model=label, object_pk=pk, op=OutboxEntry.SAVE,
                       snapshot=None, reason=DeadLetter.ERROR, error=f"{type(exc).__name__}: {exc}",
                       captured_at=timezone.now())
+
+
+def _read_build_rows(qs: models.QuerySet, pk: models.Field, label: str, size: int,
+                     using: str) -> tuple[list[dict[str, Any]], list[DeadLetter], int, Any]:
+    """(rows, dead letters, rows seen, last primary key) of the next ``size`` rows of a build.
+
+    A row the ORM cannot read (a value its field cannot convert: PostgreSQL's ``'infinity'`` date, an invalid
+    date or decimal stored in SQLite by another program) must not stop the build forever: when the chunk
+    cannot be read, its rows are read one by one and those that fail become dead letters.
+    """
+    try:
+        with transaction.atomic(using=using):
+            rows = list(qs[:size])
+    except Exception as exc:
+        if not is_poison(exc):
+            raise
+        keys = list(qs.values_list(pk.attname, flat=True)[:size])
+        rows, failed = [], []
+        for key in keys:
+            try:
+                with transaction.atomic(using=using):
+                    rows.append(qs.get(pk=key))
+            except Exception as row_exc:
+                if not is_poison(row_exc):
+                    raise
+                failed.append(_row_dead_letter(label, str(key), row_exc))
+        return rows, failed, len(keys), keys[-1] if keys else None
+    return rows, [], len(rows), rows[-1][pk.attname] if rows else None
 
 
 def _model_for(label: str, rules: Rules) -> type[models.Model] | None:

@@ -566,3 +566,19 @@ def test_iso_datetime_format_round_trips(client: Client):
     assert back.moment == moment
     if ON_POSTGRES:
         assert back.moments == [moment] and back.moment_range.lower == moment
+
+
+@pytest.mark.parametrize("value", ["0.1245", "0.1255", "-0.1245", "2.0005", "-7.9995", "1.00049"])
+def test_decimal_places_beyond_the_column_round_as_the_database_does(value: str):
+    """A Decimal with more places than the column keeps (an app's computed price): clients get the stored value
+    (PostgreSQL rounds ties away from zero, SQLite's reads round them half-even), before and after a resync."""
+    from powersync_django.models import ReplicationState
+
+    replicate_now()
+    row = Specimen.objects.create(amount=decimal.Decimal(value))
+    replicate_now()
+    row.refresh_from_db()
+    assert op_data(row.pk)["amount"] == str(row.amount)
+    ReplicationState.objects.update(rules_hash="")  # the next run rebuilds from the database
+    replicate_now()
+    assert op_data(row.pk)["amount"] == str(row.amount)
