@@ -193,14 +193,14 @@ def resolve(rules: Rules, token: Mapping[str, Any], client: Mapping[str, Any], r
             entry(d.name, is_default(d))
     buckets: dict[str, tuple[str, int]] = {}
     reasons: dict[str, list[dict[str, int]]] = {}
-    overrides: dict[str, list[int]] = {}
 
     def add(bucket: str, d: Definition, reason: dict[str, int], override: int | None = None) -> None:
-        name, priority = buckets.get(bucket, (d.name, d.priority))
-        buckets[bucket] = (name, min(priority, d.priority))  # several streams sharing a bucket: the highest wins
+        # Each reason has its priority (a subscription's override_priority, else its stream's); a bucket
+        # included for several reasons gets the highest of them (an override never demotes another reason).
+        this = d.priority if override is None else override
+        name, priority = buckets.get(bucket, (d.name, this))
+        buckets[bucket] = (name, min(priority, this))
         reasons.setdefault(bucket, []).append(reason)
-        if override is not None:
-            overrides.setdefault(bucket, []).append(override)
 
     legacy: dict[str, tuple[str, int]] | None = None
     if request.include_defaults:
@@ -231,8 +231,6 @@ def resolve(rules: Rules, token: Mapping[str, Any], client: Mapping[str, Any], r
             continue
         for bucket in found:
             add(bucket, d, {"sub": i}, override)
-    for bucket, values in overrides.items():
-        buckets[bucket] = (buckets[bucket][0], min(values))
     return Resolution(buckets, reasons, streams)
 
 
