@@ -64,3 +64,34 @@ def test_override_priority_lowers_only_its_own_subscription():
         lines = sync_once(request(sub(lst.id, override_priority=3), sub(lst.id, override_priority=2)))
         assert buckets_of(lines)[todos_bucket(lst)]["priority"] == 2
         assert checkpoint(lines)["streams"][0]["errors"] == []
+
+
+def test_subscription_to_a_list_created_later_gets_its_bucket():
+    """Offline-first: the app subscribes to a list it created locally before the upload reaches the server."""
+    import uuid
+
+    from demo_project.todos.models import Todo
+
+    list_id = uuid.uuid4()
+    seed("u1", todos=0)
+
+    async def run() -> tuple[list[dict], list[dict]]:
+        session = SyncSession(claims("u1"), request(sub(list_id)))
+        await session.prepare()
+        gen = session.lines()
+        first = await take_until(gen, "checkpoint_complete")
+
+        def upload() -> None:
+            lst = TodoList.objects.create(id=list_id, name="new", owner_id="u1")
+            Todo.objects.create(list=lst, description="t")
+            replicate_now()
+
+        await in_thread(upload)()
+        second = await take_until(gen, "checkpoint_complete", seconds=5)
+        await gen.aclose()
+        return first, second
+
+    first, second = asyncio.run(run())
+    assert checkpoint(first)["buckets"] == []
+    bucket = f'1#todos_by_list["{list_id}"]'
+    assert [b["bucket"] for b in second[0]["checkpoint_diff"]["updated_buckets"]] == [bucket]

@@ -8,6 +8,7 @@ demo's default bucket definition (all todos of the user's lists) does not hide w
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -172,3 +173,26 @@ def test_live_changes_reach_a_subscribed_stream_and_priorities_apply(stream_serv
     stream_server.orm(f'Todo.objects.create(list_id="{a}", description="live a", created_by="{user}")')
     got = client.wait_for("SELECT list_id FROM todos WHERE description = 'live a'", [{"list_id": a}])
     assert got["matched"], got
+
+
+def test_access_lost_and_gained_while_subscribed(stream_server, make_client, user, transport):
+    """The list is given to another user while subscribed: its todos leave the client; a subscription to a list
+    that does not exist yet (created offline, upload pending) gets its data once the list exists."""
+    [a] = seed_lists(stream_server, user, lists=1, todos=2)
+    client = make_client()
+    connect(client, stream_server, user, transport, **NO_DEFAULTS)
+    handle = subscribe(client, a)
+    assert synced(client, handle)
+    assert len(todos_of(client)) == 2
+    stream_server.orm(f'lst = TodoList.objects.get(pk="{a}")\nlst.owner_id = "{user}-other"\nlst.save()')
+    got = client.wait_for("SELECT count(*) AS n FROM todos", [{"n": 0}], timeout_ms=15_000)
+    assert got["matched"], (got, client.logs_text(last=30))
+    later = str(uuid.uuid4())
+    pending = subscribe(client, later.upper())
+    client.wait_for_stream_first_sync(pending, timeout_ms=5_000)
+    stream_server.orm(f'lst = TodoList.objects.create(id="{later}", name="later", owner_id="{user}")\n'
+                      f'Todo.objects.create(list=lst, description="late", created_by="{user}")')
+    got = client.wait_for("SELECT description, list_id FROM todos", [{"description": "late", "list_id": later}],
+                          timeout_ms=15_000)
+    assert got["matched"], (got, client.logs_text(last=30))
+    assert client.checksum_failures() == []
