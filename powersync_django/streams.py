@@ -40,6 +40,7 @@ from .rules import (
 TOO_MANY_SUBSCRIPTIONS = "PSYNC_S2305"  # the reference's code for "too many buckets / parameter results"
 SOURCES = ("auth", "token", "subscription", "connection", "client")
 STREAM_KEYS = {"parameters", "data", "priority", "auto_subscribe"}
+LIST_LOOKUPS = {"in", "range"}  # lookups that take a list of values
 
 
 class SubscriptionError(Exception):
@@ -390,6 +391,14 @@ def _parse_parameters(where: str, raw: Any, problems: list[Problem]) -> tuple[li
                                         "{param: field} and an optional 'filter' dict."))
                 continue
             if model is None:
+                continue
+            iterating = [k for k, v in filters.items() if is_ref(v) and v.startswith("subscription.")
+                         and k.rpartition("__")[2] in LIST_LOOKUPS]
+            if iterating:
+                # Subscription parameters are scalars: a string would be iterated character by character.
+                problems.append(Problem("E006", f"{where}['parameters']: {sorted(iterating)} compare a list lookup "
+                                        "with a subscription parameter, which is a single value.",
+                                        "Use an equality filter, one subscription per value."))
                 continue
             # Which streams a change concerns (paths.analyse): token and connection references are targeted
             # like a bucket definition's; a subscription parameter is not known per stream, so it targets

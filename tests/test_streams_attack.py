@@ -95,3 +95,15 @@ def test_subscription_to_a_list_created_later_gets_its_bucket():
     assert checkpoint(first)["buckets"] == []
     bucket = f'1#todos_by_list["{list_id}"]'
     assert [b["bucket"] for b in second[0]["checkpoint_diff"]["updated_buckets"]] == [bucket]
+
+
+@pytest.mark.parametrize("lookup", ["id__in", "created_at__range"])
+def test_list_lookup_on_a_subscription_parameter_is_a_check_error(lookup):
+    """``id__in: subscription.ids`` passed the checks and then iterated the string's characters (ids "12": 1 and 2)."""
+    from test_streams import parse
+
+    r, problems = parse({"s": {"parameters": {"queryset": "todos.TodoList", "values": {"list_id": "id"},
+                                              "filter": {lookup: "subscription.x", "owner_id": "auth.user_id"}},
+                               "data": [{"model": "todos.Todo", "filter": {"list_id": "bucket.list_id"}}]}})
+    assert r is None
+    assert any(p.id == "E006" and lookup in p.msg for p in problems), problems
