@@ -35,6 +35,7 @@ from .rules import (
     _parse_data,
     _resolve,
     bucket_id,
+    to_field_value,
 )
 
 TOO_MANY_SUBSCRIPTIONS = "PSYNC_S2305"  # the reference's code for "too many buckets / parameter results"
@@ -131,8 +132,10 @@ class Stream(Definition):
     def _encode(self, param: str, value: Any, from_request: bool) -> Any:
         f = self.param_fields.get(param)
         if from_request and f is not None:
-            target = f.target_field if isinstance(f, models.ForeignKey) else f
-            value = target.to_python(value)
+            try:
+                value = to_field_value(f, value)
+            except ArithmeticError:
+                raise ValueError(f"{value!r} does not fit {f.name}") from None
         return _encode_param(value)
 
 
