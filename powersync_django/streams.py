@@ -124,6 +124,8 @@ class Stream(Definition):
                 for values in rows:
                     pairs = zip(self.parameter_names, values, strict=True)
                     encoded = [self._encode(p, v, q.static is not None) for p, v in pairs]
+                    if any(v is None for v in encoded):
+                        continue  # NULL equals no value (as for bucket definitions): no row is in such a bucket
                     out[bucket_id(name, encoded, version)] = None
             except (ValidationError, ValueError, TypeError, DataError) as exc:
                 raise SubscriptionError(f"Invalid parameters: {_describe(exc)}") from None

@@ -107,3 +107,19 @@ def test_list_lookup_on_a_subscription_parameter_is_a_check_error(lookup):
                                "data": [{"model": "todos.Todo", "filter": {"list_id": "bucket.list_id"}}]}})
     assert r is None
     assert any(p.id == "E006" and lookup in p.msg for p in problems), problems
+
+
+def test_null_parameter_values_give_no_bucket():
+    """A parameter row with NULL (a todo not completed) names a bucket no row can be in: like bucket definitions,
+    no bucket is announced for it (before: 'same_time[null]' buckets counted against the bucket limit)."""
+    streams = {
+        "same_time": {"parameters": {"queryset": "todos.Todo", "values": {"at": "completed_at"},
+                                     "filter": {"id": "subscription.todo_id", "list__owner_id": "auth.user_id"}},
+                      "data": [{"model": "todos.Todo", "table": "todos", "filter": {"completed_at": "bucket.at"}}]},
+    }
+    with override_settings(POWERSYNC=config(STREAMS=streams)):
+        replicate_now()
+        lst = seed("u1", todos=1)
+        todo = lst.todos.get()
+        lines = sync_once(request({"stream": "same_time", "parameters": {"todo_id": str(todo.id)}}))
+    assert checkpoint(lines)["buckets"] == []
