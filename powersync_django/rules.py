@@ -6,6 +6,7 @@ queries and an optional ``priority`` (0-3, default 3). See the README for the fu
 
 from __future__ import annotations
 
+import decimal
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -305,12 +306,26 @@ def change_key(label: str, attname: str, value: str) -> str:
     return f"{label}|{attname}={value}"
 
 
+def to_field_value(f: models.Field, value: Any) -> Any:
+    """``value`` as field ``f`` (a foreign key: its target) stores it. Raises if it does not fit.
+
+    Decimals are rounded to the field's decimal places like the database does, so that a request's ``12.5``
+    finds the bucket of rows holding ``12.50``.
+    """
+    target = f.target_field if isinstance(f, models.ForeignKey) else f
+    value = target.to_python(value)
+    if isinstance(target, models.DecimalField) and isinstance(value, decimal.Decimal):
+        context = decimal.Context(prec=target.max_digits)
+        value = value.quantize(decimal.Decimal(1).scaleb(-target.decimal_places), context=context)
+    return value
+
+
 def coerce(f: models.Field, value: Any) -> Any:
     """``value`` as the python value of field ``f`` (a foreign key: of its target); None if it does not fit."""
     if value is None:
         return None
     try:
-        return f.to_python(value)
+        return to_field_value(f, value)
     except (ValidationError, ValueError, TypeError, ArithmeticError):
         return None
 

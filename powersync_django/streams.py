@@ -37,11 +37,13 @@ from .rules import (
     bucket_id,
     change_key,
     hint_value,
+    to_field_value,
 )
 
 TOO_MANY_SUBSCRIPTIONS = "PSYNC_S2305"  # the reference's code for "too many buckets / parameter results"
 SOURCES = ("auth", "token", "subscription", "connection", "client")
 STREAM_KEYS = {"parameters", "data", "priority", "auto_subscribe"}
+LIST_LOOKUPS = {"in", "range"}  # lookups that take a list of values
 
 
 class SubscriptionError(Exception):
@@ -159,6 +161,8 @@ class Stream(Definition):
                 for values in rows:
                     pairs = zip(self.parameter_names, values, strict=True)
                     encoded = [self._encode(p, v, q.static is not None) for p, v in pairs]
+                    if any(v is None for v in encoded):
+                        continue  # NULL equals no value (as for bucket definitions): no row is in such a bucket
                     out[bucket_id(name, encoded, version)] = None
             except (ValidationError, ValueError, TypeError, DataError) as exc:
                 raise SubscriptionError(f"Invalid parameters: {_describe(exc)}") from None
@@ -167,8 +171,10 @@ class Stream(Definition):
     def _encode(self, param: str, value: Any, from_request: bool) -> Any:
         f = self.param_fields.get(param)
         if from_request and f is not None:
-            target = f.target_field if isinstance(f, models.ForeignKey) else f
-            value = target.to_python(value)
+            try:
+                value = to_field_value(f, value)
+            except ArithmeticError:
+                raise ValueError(f"{value!r} does not fit {f.name}") from None
         return _encode_param(value)
 
 
@@ -230,14 +236,14 @@ def resolve(rules: Rules, token: Mapping[str, Any], client: Mapping[str, Any], r
             entry(d.name, is_default(d))
     buckets: dict[str, tuple[str, int]] = {}
     reasons: dict[str, list[dict[str, int]]] = {}
-    overrides: dict[str, list[int]] = {}
 
     def add(bucket: str, d: Definition, reason: dict[str, int], override: int | None = None) -> None:
-        name, priority = buckets.get(bucket, (d.name, d.priority))
-        buckets[bucket] = (name, min(priority, d.priority))  # several streams sharing a bucket: the highest wins
+        # Each reason has its priority (a subscription's override_priority, else its stream's); a bucket
+        # included for several reasons gets the highest of them (an override never demotes another reason).
+        this = d.priority if override is None else override
+        name, priority = buckets.get(bucket, (d.name, this))
+        buckets[bucket] = (name, min(priority, this))
         reasons.setdefault(bucket, []).append(reason)
-        if override is not None:
-            overrides.setdefault(bucket, []).append(override)
 
     legacy: dict[str, tuple[str, int]] | None = None
     if request.include_defaults:
@@ -268,8 +274,6 @@ def resolve(rules: Rules, token: Mapping[str, Any], client: Mapping[str, Any], r
             continue
         for bucket in found:
             add(bucket, d, {"sub": i}, override)
-    for bucket, values in overrides.items():
-        buckets[bucket] = (buckets[bucket][0], min(values))
     return Resolution(buckets, reasons, streams)
 
 
@@ -429,6 +433,14 @@ def _parse_parameters(where: str, raw: Any, problems: list[Problem]) -> tuple[li
                                         "{param: field} and an optional 'filter' dict."))
                 continue
             if model is None:
+                continue
+            iterating = [k for k, v in filters.items() if is_ref(v) and v.startswith("subscription.")
+                         and k.rpartition("__")[2] in LIST_LOOKUPS]
+            if iterating:
+                # Subscription parameters are scalars: a string would be iterated character by character.
+                problems.append(Problem("E006", f"{where}['parameters']: {sorted(iterating)} compare a list lookup "
+                                        "with a subscription parameter, which is a single value.",
+                                        "Use an equality filter, one subscription per value."))
                 continue
             # Which streams a change concerns (paths.analyse): token, connection and subscription references
             # are targeted; a stream's keys for subscription references come from its subscriptions

@@ -8,6 +8,7 @@ demo's default bucket definition (all todos of the user's lists) does not hide w
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -172,3 +173,62 @@ def test_live_changes_reach_a_subscribed_stream_and_priorities_apply(stream_serv
     stream_server.orm(f'Todo.objects.create(list_id="{a}", description="live a", created_by="{user}")')
     got = client.wait_for("SELECT list_id FROM todos WHERE description = 'live a'", [{"list_id": a}])
     assert got["matched"], got
+
+
+def test_access_lost_and_gained_while_subscribed(stream_server, make_client, user, transport):
+    """The list is given to another user while subscribed: its todos leave the client; a subscription to a list
+    that does not exist yet (created offline, upload pending) gets its data once the list exists."""
+    [a] = seed_lists(stream_server, user, lists=1, todos=2)
+    client = make_client()
+    connect(client, stream_server, user, transport, **NO_DEFAULTS)
+    handle = subscribe(client, a)
+    assert synced(client, handle)
+    assert len(todos_of(client)) == 2
+    stream_server.orm(f'lst = TodoList.objects.get(pk="{a}")\nlst.owner_id = "{user}-other"\nlst.save()')
+    got = client.wait_for("SELECT count(*) AS n FROM todos", [{"n": 0}], timeout_ms=15_000)
+    assert got["matched"], (got, client.logs_text(last=30))
+    later = str(uuid.uuid4())
+    pending = subscribe(client, later.upper())
+    client.wait_for_stream_first_sync(pending, timeout_ms=5_000)
+    stream_server.orm(f'lst = TodoList.objects.create(id="{later}", name="later", owner_id="{user}")\n'
+                      f'Todo.objects.create(list=lst, description="late", created_by="{user}")')
+    got = client.wait_for("SELECT description, list_id FROM todos", [{"description": "late", "list_id": later}],
+                          timeout_ms=15_000)
+    assert got["matched"], (got, client.logs_text(last=30))
+    assert client.checksum_failures() == []
+
+
+def test_explicit_subscription_to_a_default_stream_without_defaults(stream_server, make_client, user, transport):
+    """includeDefaultStreams false, then syncStream('lists').subscribe({ttl}): the lists sync, and after
+    unsubscribe and the TTL they are evicted (the stream is not kept as a default one)."""
+    a, b = seed_lists(stream_server, user, lists=2, todos=0)
+    client = make_client()
+    connect(client, stream_server, user, transport, **NO_DEFAULTS)
+    handle = client.subscribe_stream("lists", None, ttl=1)
+    assert synced(client, handle)
+    assert sorted(r["id"] for r in client.query("SELECT id FROM lists")) == sorted([a, b])
+    status = client.stream_status("lists")
+    assert status["hasExplicitSubscription"] and status["hasSynced"], status
+    client.unsubscribe_stream(handle)
+    got = client.wait_for("SELECT count(*) AS n FROM lists", [{"n": 0}], timeout_ms=15_000)
+    assert got["matched"], (got, client.sync_streams(), client.logs_text(last=20))
+
+
+def test_subscription_changes_during_a_large_initial_sync(stream_server, make_client, user, transport):
+    """A second subscription (and an unsubscribe) while the first list's 3,000 todos are downloading: the client
+    restarts its iteration and ends with exactly the subscribed lists, without checksum failures."""
+    big, small, gone = seed_lists(stream_server, user, lists=3, todos=3)
+    stream_server.orm(f'from django.db import transaction\nwith transaction.atomic():\n'
+                      f'    for i in range(3000):\n        Todo.objects.create(list_id="{big}", description=f"big-{{i:05}}")')
+    client = make_client()
+    connect(client, stream_server, user, transport, **NO_DEFAULTS)
+    first = subscribe(client, big)
+    dropped = subscribe(client, gone, ttl=0)
+    client.unsubscribe_stream(dropped)
+    second = subscribe(client, small)
+    assert synced(client, first) and synced(client, second)
+    got = client.wait_for("SELECT list_id, count(*) AS n FROM todos GROUP BY list_id ORDER BY n",
+                          sorted([{"list_id": small, "n": 3}, {"list_id": big, "n": 3003}], key=lambda r: r["n"]),
+                          timeout_ms=15_000)
+    assert got["matched"], got
+    assert client.checksum_failures() == []

@@ -96,3 +96,66 @@ def test_integer_subscription_parameters_and_stream_priority(replicate):
         {"stream": "team_projects_now", "parameters": {"team_id": mine.pk}}]}})
     entry = next(b for b in sync_once(alice, both)[0]["checkpoint"]["buckets"] if b["bucket"].startswith("1#team_projects["))
     assert entry["subscriptions"] == [{"default": 0}, {"sub": 0}] and entry["priority"] == 1
+
+
+def _live(user: User, req: SyncRequest, change) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The first checkpoint's lines, and the lines up to the next checkpoint_complete after ``change()`` ran."""
+    from asgiref.sync import sync_to_async
+    from django.db import connection
+
+    def in_thread() -> None:
+        try:
+            change()
+        finally:
+            connection.close()
+
+    async def take_until_complete(gen) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            async for line in gen:
+                out.append(line)
+                if "checkpoint_complete" in line:
+                    break
+        return out
+
+    claims = TokenClaims(user_id=str(user.pk), expires_at=time.time() + 3600, claims={"sub": str(user.pk)})
+
+    async def run() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        session = SyncSession(claims, req)
+        await session.prepare()
+        gen = session.lines()
+        first = await take_until_complete(gen)
+        await sync_to_async(in_thread, thread_sensitive=False)()
+        second = await take_until_complete(gen)
+        await gen.aclose()
+        return first, second
+
+    return asyncio.run(run())
+
+
+def test_access_lost_through_the_acl_or_the_m2m_removes_the_subscribed_bucket(replicate):
+    """A membership deleted, a share removed from the auto-created M2M table: the subscribed bucket leaves in the
+    next checkpoint_diff, while a bucket another reason still grants (the owner's own document) stays."""
+    alice, bob = User.objects.create(username="alice"), User.objects.create(username="bob")
+    team = Team.objects.create(name="t")
+    membership = Membership.objects.create(team=team, user=alice)
+    shared = Document.objects.create(owner=bob, title="shared")
+    shared.shared_with.add(alice)
+    own = Document.objects.create(owner=alice, title="own")
+    own.shared_with.add(bob)
+    replicate()
+    req = request({"stream": "team_projects_now", "parameters": {"team_id": team.pk}},
+                  {"stream": "document", "parameters": {"document_id": str(shared.id)}},
+                  {"stream": "document", "parameters": {"document_id": str(own.id)}})
+
+    def revoke() -> None:
+        membership.delete()
+        shared.shared_with.remove(alice)
+        replicate()
+
+    first, second = _live(alice, req, revoke)
+    before = {b["bucket"] for b in first[0]["checkpoint"]["buckets"]}
+    assert before == {f"1#team_projects[{team.pk}]", f'1#shared_documents["{shared.id}"]',
+                      f'1#shared_documents["{own.id}"]'}
+    diff = second[0]["checkpoint_diff"]
+    assert sorted(diff["removed_buckets"]) == sorted([f"1#team_projects[{team.pk}]", f'1#shared_documents["{shared.id}"]'])
