@@ -139,13 +139,14 @@ def run(n: int, changes: int, shared: bool) -> str:
             tasks.append(asyncio.create_task(consume(i, session)))
         await until(lambda: min(completes) >= 1)
         opened = time.perf_counter() - started
-        p50s, p99s, lasts, queries = [], [], [], []
+        p50s, p99s, lasts, queries, replicated = [], [], [], [], []
         for k in range(changes):
             desc = f"change {k}"
             COUNTER.count = 0
             committed = await in_thread(lambda d=desc: (Todo.objects.create(list=lst, description=d),
                                                         time.perf_counter())[1])()
             await in_thread(replicate_now)()
+            replicated.append((time.perf_counter() - committed) * 1000)
             await until(lambda d=desc: all(d in a for a in arrivals))
             latencies = sorted((a[desc] - committed) * 1000 for a in arrivals)
             p50s.append(latencies[len(latencies) // 2])
@@ -163,7 +164,7 @@ def run(n: int, changes: int, shared: bool) -> str:
         notify._hubs.clear()
         return (f"opened and synced in {opened:.1f} s; change -> each stream, medians of {changes} changes: "
                 f"p50 {statistics.median(p50s):.0f} ms, p99 {statistics.median(p99s):.0f} ms, "
-                f"last {statistics.median(lasts):.0f} ms; stream read queries per change "
+                f"last {statistics.median(lasts):.0f} ms (replicated after {statistics.median(replicated):.0f} ms); stream read queries per change "
                 f"{statistics.median(queries):.0f} (p50 per change: {', '.join(f'{x:.0f}' for x in p50s)})")
 
     with override_settings(POWERSYNC={**settings.POWERSYNC, "SHARED_READS": shared}):

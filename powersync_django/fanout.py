@@ -102,17 +102,14 @@ class Fanout:
         self.at_cursor[cursor] += 1
 
     def leave(self, buckets: Iterable[str], wc_key: str, cursor: int) -> None:
-        self.holders.subtract(buckets)
-        self.keys.subtract([wc_key])
+        _drop(self.holders, buckets)
+        _drop(self.keys, [wc_key])
         self.move(cursor, None)
-        self._tidy(self.holders)
-        self._tidy(self.keys)
 
     def hold(self, old: Iterable[str], new: Iterable[str]) -> None:
         """A stream's bucket set changed."""
-        self.holders.subtract(old)
         self.holders.update(new)
-        self._tidy(self.holders)
+        _drop(self.holders, old)
 
     def move(self, old: int, new: int | None) -> None:
         """A stream's cursor moved from ``old`` (to ``new``; None: it closed)."""
@@ -123,11 +120,6 @@ class Fanout:
             del self.at_cursor[old]
             for key in [k for k in self.entries if k[0] == old]:
                 del self.entries[key]
-
-    @staticmethod
-    def _tidy(counter: Counter) -> None:
-        for k in [k for k, n in counter.items() if n <= 0]:
-            del counter[k]
 
     # --- reads ----------------------------------------------------------------------------------
 
@@ -164,6 +156,13 @@ class Fanout:
                 del self.entries[key]
         while len(self.entries) >= MAX_ENTRIES:
             del self.entries[next(iter(self.entries))]
+
+
+def _drop(counter: Counter, keys: Iterable[Any]) -> None:
+    for k in keys:
+        counter[k] -= 1
+        if counter[k] <= 0:
+            del counter[k]
 
 
 def of(hub: Any) -> Fanout:

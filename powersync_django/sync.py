@@ -337,6 +337,19 @@ class SyncSession:
     async def _pages(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[dict[str, Any]]:
         upto = state.last_op_id
         limit = self.config["OPS_PER_DATA_LINE"]
+        shared = self._shared
+        if shared is not None and all(shared.page(b, self.positions.get(b, 0), 0) is not None for b in buckets):
+            # Everything is in the shared read (memory): no read-ahead task needed.
+            for bucket in buckets:
+                after = self.positions.get(bucket, 0)
+                bucket_last = state.buckets[bucket].last_op_id
+                while after < bucket_last and (rows := shared.page(bucket, after, limit)):
+                    next_after = rows[-1][0]
+                    yield {"data": {"bucket": bucket, "after": str(after), "has_more": next_after < bucket_last,
+                                    "data": shared.render(bucket, after, rows, _entry),
+                                    "next_after": str(next_after)}}
+                    self.positions[bucket] = after = next_after
+            return
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
 
         async def produce() -> None:
