@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=7)
     parser.add_argument("--compare", action="store_true", help="also run with each stream reading its own")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() once the streams are open (their objects leave the collector's scans)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update({"DATABASE_URL": args.database_url or f"sqlite:///{tmp}/fanout.sqlite3",
@@ -49,7 +51,7 @@ def main() -> None:
             call_command("flush", interactive=False, verbosity=0)
         call_command("migrate", verbosity=0)
         for shared in ([True, False] if args.compare else [True]):
-            result = run(args.streams, args.changes, shared)
+            result = run(args.streams, args.changes, shared, args.gc_freeze)
             print(f"{connection.vendor}, {args.streams} streams, {'shared reads' if shared else 'own reads'}: "
                   f"{result}", flush=True)
 
@@ -76,7 +78,7 @@ class QueryCounter:
 COUNTER: QueryCounter | None = None
 
 
-def run(n: int, changes: int, shared: bool) -> str:
+def run(n: int, changes: int, shared: bool, freeze: bool = False) -> str:
     import orjson
     from asgiref.sync import sync_to_async
     from django.conf import settings
@@ -139,6 +141,10 @@ def run(n: int, changes: int, shared: bool) -> str:
             tasks.append(asyncio.create_task(consume(i, session)))
         await until(lambda: min(completes) >= 1)
         opened = time.perf_counter() - started
+        if freeze:
+            import gc
+
+            gc.freeze()
         p50s, p99s, lasts, queries, replicated = [], [], [], [], []
         for k in range(changes):
             desc = f"change {k}"
