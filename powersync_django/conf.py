@@ -79,6 +79,11 @@ DEFAULTS: dict[str, Any] = {
     "MAX_REQUEST_BYTES": 1024 * 1024,
     "OPS_PER_DATA_LINE": 1000,
     "KEEPALIVE_SECONDS": 20,
+    # One read per change shared by every stream of the process that holds a changed bucket (fanout.py);
+    # False: each stream reads its own (the same lines either way).
+    "SHARED_READS": True,
+    # Ops one shared read keeps in memory (all its buckets); buckets past it are read by each stream.
+    "SHARED_READ_MAX_OPS": 20000,
     # Concurrent database reads of sync sessions (threads per process).
     "READ_THREADS": 4,
     # Write transactions of write checkpoints, on their own threads so they never hold up stream reads.

@@ -128,18 +128,7 @@ def read_checkpoint(buckets: list[str], using: str = "default", *, at: int | Non
     ``wc_key``: also read that key's replicated write checkpoint, as of the checkpoint.
     """
     with read_snapshot(using) as cursor:
-        cursor.execute(
-            f"SELECT last_op_id, rules_version, (SELECT MAX(id) FROM {_table(Checkpoint)}) "
-            f"FROM {_table(ReplicationState)} WHERE id = 1"
-        )
-        row = cursor.fetchone()
-        newest_op, version, newest_id = (int(row[0]), int(row[1]), int(row[2] or 0)) if row else (0, 0, 0)
-        checkpoint_id, last_op_id = newest_id, newest_op
-        if at is not None and at < newest_id:
-            cursor.execute(f"SELECT last_op_id FROM {_table(Checkpoint)} WHERE id = %s", [at])
-            found = cursor.fetchone()
-            if found is not None:
-                checkpoint_id, last_op_id = at, int(found[0])
+        version, newest_id, checkpoint_id, last_op_id = _checkpoint_at(cursor, at)
         out, compacted_to = _bucket_checksums(cursor, buckets, last_op_id)
         write_checkpoint = None
         if wc_key is not None:
@@ -151,8 +140,28 @@ def read_checkpoint(buckets: list[str], using: str = "default", *, at: int | Non
     return CheckpointState(last_op_id, version, out, checkpoint_id, write_checkpoint, compacted_to)
 
 
-def _bucket_checksums(cursor: Any, buckets: list[str], last_op_id: int) -> tuple[dict[str, BucketChecksum], int]:
-    """Checksums of ``buckets`` at ``last_op_id`` and their newest ``compacted_to``."""
+def _checkpoint_at(cursor: Any, at: int | None) -> tuple[int, int, int, int]:
+    """(rules version, newest checkpoint id, id of the checkpoint read, its last op id): checkpoint ``at``, or
+    the newest one when ``at`` is None or no longer exists."""
+    cursor.execute(
+        f"SELECT last_op_id, rules_version, (SELECT MAX(id) FROM {_table(Checkpoint)}) "
+        f"FROM {_table(ReplicationState)} WHERE id = 1"
+    )
+    row = cursor.fetchone()
+    newest_op, version, newest_id = (int(row[0]), int(row[1]), int(row[2] or 0)) if row else (0, 0, 0)
+    checkpoint_id, last_op_id = newest_id, newest_op
+    if at is not None and at < newest_id:
+        cursor.execute(f"SELECT last_op_id FROM {_table(Checkpoint)} WHERE id = %s", [at])
+        found = cursor.fetchone()
+        if found is not None:
+            checkpoint_id, last_op_id = at, int(found[0])
+    return version, newest_id, checkpoint_id, last_op_id
+
+
+def _bucket_checksums(cursor: Any, buckets: list[str], last_op_id: int,
+                      per_bucket: dict[str, int] | None = None) -> tuple[dict[str, BucketChecksum], int]:
+    """Checksums of ``buckets`` at ``last_op_id`` and their newest ``compacted_to`` (each bucket's into
+    ``per_bucket`` if given)."""
     out: dict[str, BucketChecksum] = {}
     compacted = 0
     table = _table(BucketState)
@@ -164,6 +173,8 @@ def _bucket_checksums(cursor: Any, buckets: list[str], last_op_id: int) -> tuple
         )
         for bucket, checksum, count, bucket_last, compacted_to in cursor.fetchall():
             compacted = max(compacted, int(compacted_to))
+            if per_bucket is not None:
+                per_bucket[bucket] = int(compacted_to)
             if bucket_last > last_op_id:
                 cursor.execute(
                     f"SELECT COALESCE(SUM(checksum), 0), COUNT(*) FROM {_table(BucketOp)} "
@@ -191,6 +202,106 @@ def _key_advanced_after(cursor: Any, key: str, checkpoint_id: int) -> bool:
         [checkpoint_id],
     )
     return any(key in orjson.loads(text) for (text,) in cursor.fetchall())
+
+
+@dataclass(frozen=True)
+class SharedRead:
+    """What changed between two checkpoints for a set of buckets, read once for all streams (fanout.py).
+
+    ``state``: checkpoint ``target`` as :func:`read_checkpoint` reads it for all the buckets (``compacted_to``
+    over all of them; each bucket's in ``compacted``). ``prev_last``: each bucket's last op id at checkpoint
+    ``base``; ``ops``: its ops after that checkpoint's last op id up to ``target``'s, ascending (a bucket is
+    missing when its ops were not kept: too many, or ``base`` was pruned). ``write_checkpoints``: the
+    requested keys' write checkpoints as :func:`read_checkpoint` reads one. All from one snapshot.
+    """
+
+    state: CheckpointState
+    compacted: dict[str, int]
+    prev_last: dict[str, int]
+    ops: dict[str, list[tuple]]
+    write_checkpoints: dict[str, int | None]
+
+
+def read_shared(buckets: list[str], base: int, target: int, wc_keys: list[str], max_ops: int,
+                using: str = "default") -> SharedRead | None:
+    """The changes of ``buckets`` from checkpoint ``base`` to ``target``; None if ``target`` was pruned."""
+    with read_snapshot(using) as cursor:
+        version, newest_id, checkpoint_id, last_op_id = _checkpoint_at(cursor, target)
+        if checkpoint_id != target:
+            return None
+        base_op: int | None = 0
+        if base:
+            cursor.execute(f"SELECT last_op_id FROM {_table(Checkpoint)} WHERE id = %s", [base])
+            found = cursor.fetchone()
+            base_op = int(found[0]) if found is not None else None
+        compacted: dict[str, int] = {}
+        out, compacted_to = _bucket_checksums(cursor, buckets, last_op_id, compacted)
+        prev_last: dict[str, int] = {}
+        ops: dict[str, list[tuple]] = {}
+        if base_op is not None:
+            with_ops = sorted(b for b, cs in out.items() if cs.last_op_id > base_op)
+            prev_last = _last_ops_at(cursor, with_ops, base_op)
+            ops = _ops_between(cursor, with_ops, base_op, last_op_id, max_ops)
+        write_checkpoints: dict[str, int | None] = {}
+        if wc_keys:
+            advanced: set[str] = set()
+            if checkpoint_id < newest_id:
+                cursor.execute(
+                    f"SELECT write_checkpoints FROM {_table(Checkpoint)} WHERE id > %s AND write_checkpoints <> '[]'",
+                    [checkpoint_id],
+                )
+                for (text,) in cursor.fetchall():
+                    advanced.update(orjson.loads(text))
+            found_wc: dict[str, int] = {}
+            for start in range(0, len(wc_keys), 500):
+                chunk = wc_keys[start:start + 500]
+                marks = ",".join(["%s"] * len(chunk))
+                cursor.execute(f"SELECT key, replicated FROM {_table(WriteCheckpoint)} WHERE key IN ({marks})", chunk)
+                found_wc.update((k, int(v)) for k, v in cursor.fetchall())
+            for key in wc_keys:
+                write_checkpoints[key] = None if key in advanced else found_wc.get(key, 0)
+    state = CheckpointState(last_op_id, version, out, checkpoint_id, None, compacted_to)
+    return SharedRead(state, compacted, prev_last, ops, write_checkpoints)
+
+
+def _last_ops_at(cursor: Any, buckets: list[str], last_op_id: int) -> dict[str, int]:
+    """Each bucket's last op id at or below ``last_op_id`` (0 if none), one index probe each."""
+    out: dict[str, int] = {}
+    ops, states = _table(BucketOp), _table(BucketState)
+    for start in range(0, len(buckets), 500):
+        chunk = buckets[start:start + 500]
+        marks = ",".join(["%s"] * len(chunk))
+        cursor.execute(
+            f"SELECT s.bucket, (SELECT MAX(o.op_id) FROM {ops} o WHERE o.bucket = s.bucket AND o.op_id <= %s) "
+            f"FROM {states} s WHERE s.bucket IN ({marks})",
+            [last_op_id, *chunk],
+        )
+        out.update((b, int(m or 0)) for b, m in cursor.fetchall())
+    return out
+
+
+def _ops_between(cursor: Any, buckets: list[str], after: int, upto: int, max_ops: int) -> dict[str, list[tuple]]:
+    """Ops of ``buckets`` with ``after < op_id <= upto`` by bucket, at most ``max_ops`` in all: a bucket whose
+    ops do not all fit is left out, with every bucket after it."""
+    out: dict[str, list[tuple]] = {}
+    budget = max_ops
+    for start in range(0, len(buckets), 500):
+        chunk = buckets[start:start + 500]
+        marks = ",".join(["%s"] * len(chunk))
+        cursor.execute(
+            f"SELECT bucket, op_id, op, object_type, object_id, data, checksum FROM {_table(BucketOp)} "
+            f"WHERE bucket IN ({marks}) AND op_id > %s AND op_id <= %s ORDER BY bucket, op_id LIMIT %s",
+            [*chunk, after, upto, budget + 1],
+        )
+        rows = cursor.fetchall()
+        full = len(rows) > budget
+        for row in rows:
+            out.setdefault(row[0], []).append(row[1:])
+        if full:
+            out.pop(rows[-1][0], None)
+            return out
+        budget -= len(rows)
+    return out
 
 
 def max_compacted_to(buckets: list[str], using: str = "default") -> int:

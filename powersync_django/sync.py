@@ -22,7 +22,7 @@ from typing import Any
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 
-from . import executors, storage, streams
+from . import executors, fanout, storage, streams
 from .auth import TokenClaims
 from .checksums import to_signed
 from .conf import get_config
@@ -71,12 +71,20 @@ class SyncSession:
         self.version = 0
         # Last checkpoint whose changes were looked at (hub events up to it are handled).
         self.cursor = 0
+        self._base = 0  # the cursor before the changes being handled
         # Checkpoint of the last checkpoint/checkpoint_diff line sent: the client's position after it.
         self.checkpoint_id = 0
         # Buckets of that checkpoint whose data is not fully sent yet, and the ops sent for it so far.
         self.unfinished: set[str] = set()
         self.ops_sent = 0
         self.hub = None
+        # The process's shared reads (fanout.py): what this stream holds is registered there while it runs.
+        self._fanout: fanout.Fanout | None = None
+        self._registered: tuple[frozenset[str], int] | None = None  # (buckets, cursor) as registered
+        # The shared read the current diff is served from (None: this stream's own reads), and whether ops
+        # were read outside it.
+        self._shared: fanout.Shared | None = None
+        self._own_ops = False
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -130,6 +138,13 @@ class SyncSession:
             return
         if self.hub is None:
             await self.prepare()
+        try:
+            async for line in self._lines():
+                yield line
+        finally:
+            self._unregister()
+
+    async def _lines(self) -> AsyncIterator[dict[str, Any]]:
         # One snapshot: bucket checksums and the write checkpoint of the same checkpoint (a write is never
         # acknowledged before the data containing it).
         state = await storage.run(storage.read_checkpoint, sorted(self.entitled), self.using, wc_key=self.wc_key)
@@ -145,6 +160,7 @@ class SyncSession:
         yield {"checkpoint": line}
         # Buckets the client holds but may not have: it deletes them when they are missing above.
         self.positions = {b: p for b, p in self.positions.items() if b in self.entitled}
+        self._register()
         pending_recheck = False
         async for out in self._checkpoint_data(state, list(self.entitled)):
             if out is _INVALIDATED:
@@ -177,8 +193,9 @@ class SyncSession:
                         # Warned once; next wake-up is the expiry itself.
                         next_keepalive = time.monotonic() + self.claims.expires_in()
                 continue
-            self.cursor = changes.last_id
+            self._base, self.cursor = self.cursor, changes.last_id
             diff = await self._diff(changes, force=pending_recheck)
+            self._register()
             pending_recheck = False
             if diff is None:
                 return  # definitions changed: end the stream, the client reconnects
@@ -193,6 +210,34 @@ class SyncSession:
                     return
                 else:
                     yield out
+
+    def _register(self, buckets: Any = None, move: bool = True) -> None:
+        """Tell the process's shared reads which buckets this stream holds and (``move``) where its cursor is.
+
+        The cursor moves only once the changes were handled: the read of the last stream to leave a cursor
+        would be dropped before that stream used it."""
+        if self._fanout is None:
+            if not self.config["SHARED_READS"] or self.hub is None:
+                return
+            self._fanout = fanout.of(self.hub)
+        held = frozenset(self.entitled if buckets is None else buckets)
+        if self._registered is None:
+            self._fanout.join(held, self.wc_key, self.cursor)
+            self._registered = (held, self.cursor)
+            return
+        old_held, cursor = self._registered
+        if held != old_held:
+            self._fanout.hold(old_held, held)
+        if move and cursor != self.cursor:
+            self._fanout.move(cursor, self.cursor)
+            cursor = self.cursor
+        self._registered = (held, cursor)
+
+    def _unregister(self) -> None:
+        if self._fanout is not None and self._registered is not None:
+            held, cursor = self._registered
+            self._fanout.leave(held, self.wc_key, cursor)
+            self._registered = None
 
     def _keepalive_interval(self) -> float:
         return float(self.config["KEEPALIVE_SECONDS"])
@@ -218,6 +263,7 @@ class SyncSession:
         is None) is the newest checkpoint read: later changes then add nothing the diff does not cover, and
         the next calls re-check them against it.
         """
+        self._shared, self._own_ops = None, False
         entitled = self.entitled
         if changes.touches_models(self.watch):
             entitled = await self._resolve_buckets()
@@ -233,9 +279,18 @@ class SyncSession:
         # Buckets of an interrupted checkpoint still owed data: read at this one, sent with its data.
         listed = set(candidates)
         owed = [b for b in sorted(self.unfinished) if b in entitled and b not in listed]
-        state = await storage.run(storage.read_checkpoint, candidates + owed, self.using,
-                                  at=None if changes.buckets is None else target,
-                                  wc_key=self.wc_key if wc_touched else None)
+        wc_key = self.wc_key if wc_touched else None
+        state = None
+        if (self._fanout is not None and not owed and changes.buckets is not None
+                and target == changes.last_id):
+            if entitled.keys() != self.entitled.keys():
+                self._register(entitled, move=False)  # its new buckets, for reads not yet started
+            shared = await self._fanout.read(self._base, changes)
+            if shared is not None and (state := shared.state_for(candidates, wc_key)) is not None:
+                self._shared = shared
+        if state is None:
+            state = await storage.run(storage.read_checkpoint, candidates + owed, self.using,
+                                      at=None if changes.buckets is None else target, wc_key=wc_key)
         if state.rules_version != self.version:
             return None
         if state.checkpoint_id > target and changes.buckets is not None:
@@ -332,16 +387,34 @@ class SyncSession:
 
     async def _compacted_past(self, state: storage.CheckpointState, buckets: list[str]) -> bool:
         """Whether any of ``buckets`` was compacted past this checkpoint (before or while it was read): its
-        checksums (computed back from later totals) or data may be inconsistent (protocol.md §10.5)."""
+        checksums (computed back from later totals) or data may be inconsistent (protocol.md §10.5).
+
+        Checksums and ops all from one shared read's snapshot are consistent: its ``compacted_to`` says it.
+        """
         if state.compacted_to > state.last_op_id:
             return True
-        if not buckets:
+        if not buckets or (self._shared is not None and not self._own_ops):
             return False
         return await storage.run(storage.max_compacted_to, buckets, self.using) > state.last_op_id
 
     async def _pages(self, state: storage.CheckpointState, buckets: list[str]) -> AsyncIterator[Any]:
         upto = state.last_op_id
         limit = self.config["OPS_PER_DATA_LINE"]
+        shared = self._shared
+        if shared is not None and all(shared.page(b, self.positions.get(b, 0), 0) is not None for b in buckets):
+            # Everything is in the shared read (memory): no read-ahead task needed.
+            for bucket in buckets:
+                after = self.positions.get(bucket, 0)
+                bucket_last = state.buckets[bucket].last_op_id
+                while after < bucket_last and (rows := shared.page(bucket, after, limit)):
+                    next_after = rows[-1][0]
+                    yield {"data": {"bucket": bucket, "after": str(after), "has_more": next_after < bucket_last,
+                                    "data": shared.render(bucket, after, rows, _entry),
+                                    "next_after": str(next_after)}}
+                    self.positions[bucket] = after = next_after
+                    self.ops_sent += len(rows)
+                self.unfinished.discard(bucket)
+            return
         queue: asyncio.Queue = asyncio.Queue(maxsize=1)
 
         async def produce() -> None:
@@ -349,21 +422,27 @@ class SyncSession:
                 after = self.positions.get(bucket, 0)
                 bucket_last = state.buckets[bucket].last_op_id
                 while after < bucket_last:
-                    rows = await storage.run(storage.read_ops, bucket, after, upto, limit, self.using)
+                    shared = self._shared
+                    rows = None if shared is None else shared.page(bucket, after, limit)
+                    if rows is None:
+                        shared = None
+                        self._own_ops = True
+                        rows = await storage.run(storage.read_ops, bucket, after, upto, limit, self.using)
                     if not rows:
                         break
-                    await queue.put((bucket, after, rows))
+                    await queue.put((bucket, after, rows, shared))
                     after = rows[-1][0]
             await queue.put(None)
 
         producer = asyncio.create_task(produce())
         try:
             while (item := await queue.get()) is not None:
-                bucket, after, rows = item
+                bucket, after, rows, shared = item
                 next_after = rows[-1][0]
                 has_more = next_after < state.buckets[bucket].last_op_id
+                data = [_entry(r) for r in rows] if shared is None else shared.render(bucket, after, rows, _entry)
                 yield {"data": {"bucket": bucket, "after": str(after), "has_more": has_more,
-                                "data": [_entry(r) for r in rows], "next_after": str(next_after)}}
+                                "data": data, "next_after": str(next_after)}}
                 self.positions[bucket] = next_after
                 self.ops_sent += len(rows)
                 if not has_more:

@@ -141,11 +141,15 @@ def test_read_as_of_an_older_checkpoint(using):
 # --- 2. a diff is computed as of its own checkpoint ------------------------------------------------
 
 
-def test_diff_never_claims_a_checkpoint_newer_than_its_changes(monkeypatch):
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-read", "own-reads"])
+def test_diff_never_claims_a_checkpoint_newer_than_its_changes(monkeypatch, shared, request):
+    override = override_settings(POWERSYNC={**settings.POWERSYNC, "SHARED_READS": shared})
+    override.enable()
+    request.addfinalizer(override.disable)
     a = TodoList.objects.create(name="a", owner_id="u1")
     b = TodoList.objects.create(name="b", owner_id="u1")
     replicate_now()
-    read_checkpoint = storage.read_checkpoint
+    read_checkpoint, read_shared = storage.read_checkpoint, storage.read_shared
     armed = threading.Event()
 
     def batch(lst: TodoList) -> int:
@@ -155,14 +159,19 @@ def test_diff_never_claims_a_checkpoint_newer_than_its_changes(monkeypatch):
 
     ops: dict[str, int] = {}
 
-    def read_after_batch_2(*args, **kwargs):
-        # The stream has batch 1's changes from the hub; batch 2 commits before it reads the checkpoint.
-        if armed.is_set():
-            armed.clear()
-            ops["2"] = batch(b)
-        return read_checkpoint(*args, **kwargs)
+    def after_batch_2(read):
+        def wrapped(*args, **kwargs):
+            # The stream has batch 1's changes from the hub; batch 2 commits before it reads the checkpoint
+            # (its own read, or the read it shares with the process's other streams).
+            if armed.is_set():
+                armed.clear()
+                ops["2"] = batch(b)
+            return read(*args, **kwargs)
 
-    monkeypatch.setattr(storage, "read_checkpoint", read_after_batch_2)
+        return wrapped
+
+    monkeypatch.setattr(storage, "read_checkpoint", after_batch_2(read_checkpoint))
+    monkeypatch.setattr(storage, "read_shared", after_batch_2(read_shared))
     client = ClientModel()
 
     async def run() -> tuple[list[dict], list[dict]]:

@@ -1,0 +1,190 @@
+"""Benchmark: a change to a bucket held by N streams, until every stream has it; and the reads it costs.
+
+Opens ``--streams`` sync sessions in this process (lightweight in-process clients: each consumes its
+``SyncSession.lines()`` and encodes every line to NDJSON bytes, as the HTTP view does), all holding one
+list's bucket of the demo project (the same user on N connections). Then, ``--changes`` times: a todo is
+committed in that list and replicated (the in-process replicator's path: the checkpoint pokes the hub), and
+for each stream the time from the todo's commit to its data line is recorded. Per change: p50/p99 over
+the streams, and the SQL statements the stream read threads ran (reads of the checkpoint hub itself
+excluded). Printed: the medians over the changes, for shared reads and (``--compare``) for each stream
+reading its own (``SHARED_READS = False``, the behaviour before).
+
+``.venv/bin/python bench/fanout.py --database-url postgres://... [--streams 1000] [--changes 7] [--compare]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", default="")
+    parser.add_argument("--streams", type=int, default=1000)
+    parser.add_argument("--changes", type=int, default=7)
+    parser.add_argument("--compare", action="store_true", help="also run with each stream reading its own")
+    parser.add_argument("--gc-freeze", action="store_true",
+                        help="gc.freeze() once the streams are open (their objects leave the collector's scans)")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        os.environ.update({"DATABASE_URL": args.database_url or f"sqlite:///{tmp}/fanout.sqlite3",
+                           "DJANGO_SETTINGS_MODULE": "demo_project.settings", "POWERSYNC_LOG_LEVEL": "WARNING",
+                           "DJANGO_DEBUG": "0", "POWERSYNC_KEEPALIVE_SECONDS": "3600"})
+        import django
+
+        django.setup()
+        from django.core.management import call_command
+        from django.db import connection
+
+        if connection.vendor == "postgresql":
+            call_command("flush", interactive=False, verbosity=0)
+        call_command("migrate", verbosity=0)
+        for shared in ([True, False] if args.compare else [True]):
+            result = run(args.streams, args.changes, shared, args.gc_freeze)
+            print(f"{connection.vendor}, {args.streams} streams, {'shared reads' if shared else 'own reads'}: "
+                  f"{result}", flush=True)
+
+
+class QueryCounter:
+    """Counts SQL statements run on the stream read threads (``powersync-reads``), hub reads excluded."""
+
+    def __init__(self) -> None:
+        from django.db.backends import utils
+
+        self.count = 0
+        original = utils.CursorWrapper._execute_with_wrappers
+        counter = self
+
+        def counted(self, sql, *args, **kwargs):
+            if threading.current_thread().name.startswith("powersync-reads") and "MAX(id)" not in sql[:40] \
+                    and "changed_buckets" not in sql[:60]:
+                counter.count += 1
+            return original(self, sql, *args, **kwargs)
+
+        utils.CursorWrapper._execute_with_wrappers = counted
+
+
+COUNTER: QueryCounter | None = None
+
+
+def run(n: int, changes: int, shared: bool, freeze: bool = False) -> str:
+    import orjson
+    from asgiref.sync import sync_to_async
+    from django.conf import settings
+    from django.db import connections
+    from django.test import override_settings
+
+    from demo_project.todos.models import Todo, TodoList
+    from powersync_django import notify, storage
+    from powersync_django.auth import TokenClaims
+    from powersync_django.protocol import SyncRequest
+    from powersync_django.replication import replicate_now
+    from powersync_django.sync import SyncSession
+
+    global COUNTER
+    COUNTER = COUNTER or QueryCounter()
+    owner = f"bench-{shared}"
+    lst = TodoList.objects.create(name="shared", owner_id=owner)
+    Todo.objects.create(list=lst, description="before")
+    replicate_now()
+
+    def in_thread(fn):
+        def call():
+            try:
+                return fn()
+            finally:
+                connections.close_all()
+
+        return sync_to_async(call, thread_sensitive=False)
+
+    async def main() -> str:
+        arrivals: list[dict[str, float]] = [{} for _ in range(n)]
+        completes = [0] * n
+        # How many streams got each description / reached each completion count: the waits below check
+        # these in O(1) (checking every stream on each wake-up would cost O(N^2) with N streams).
+        got: dict[str, int] = {}
+        reached: dict[int, int] = {}
+        progress = asyncio.Event()
+
+        async def consume(i: int, session: SyncSession) -> None:
+            async for line in session.lines():
+                orjson.dumps(line) + b"\n"  # the encoding each stream does for its client
+                if "checkpoint_complete" in line:
+                    completes[i] += 1
+                    reached[completes[i]] = reached.get(completes[i], 0) + 1
+                    progress.set()
+                elif "data" in line:
+                    now = time.perf_counter()
+                    for op in line["data"]["data"]:
+                        desc = orjson.loads(op["data"]).get("description") if op.get("data") else None
+                        if desc is not None and desc not in arrivals[i]:
+                            arrivals[i][desc] = now
+                            got[desc] = got.get(desc, 0) + 1
+                    progress.set()
+
+        async def until(condition, seconds: float = 300) -> None:
+            async with asyncio.timeout(seconds):
+                while not condition():
+                    progress.clear()
+                    await progress.wait()
+
+        claims = TokenClaims(owner, time.time() + 7200, {"sub": owner})
+        started = time.perf_counter()
+        tasks = []
+        for i in range(n):
+            session = SyncSession(claims, SyncRequest(client_id=f"c{i}"))
+            await session.prepare()
+            tasks.append(asyncio.create_task(consume(i, session)))
+        await until(lambda: reached.get(1, 0) >= n)
+        opened = time.perf_counter() - started
+        if freeze:
+            import gc
+
+            gc.freeze()
+        p50s, p99s, lasts, queries, replicated = [], [], [], [], []
+        for k in range(changes):
+            desc = f"change {k}"
+            COUNTER.count = 0
+            committed = await in_thread(lambda d=desc: (Todo.objects.create(list=lst, description=d),
+                                                        time.perf_counter())[1])()
+            await in_thread(replicate_now)()
+            replicated.append((time.perf_counter() - committed) * 1000)
+            await until(lambda d=desc: got.get(d, 0) >= n)
+            latencies = sorted((a[desc] - committed) * 1000 for a in arrivals)
+            p50s.append(latencies[len(latencies) // 2])
+            p99s.append(latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))])
+            lasts.append(latencies[-1])
+            await until(lambda kk=k: reached.get(kk + 2, 0) >= n)
+            queries.append(COUNTER.count)
+            await asyncio.sleep(0.2)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for hub in list(notify._hubs.values()):
+            hub.stop_listener()
+            await hub.close()
+        notify._hubs.clear()
+        return (f"opened and synced in {opened:.1f} s; change -> each stream, medians of {changes} changes: "
+                f"p50 {statistics.median(p50s):.0f} ms, p99 {statistics.median(p99s):.0f} ms, "
+                f"last {statistics.median(lasts):.0f} ms (replicated after {statistics.median(replicated):.0f} ms); stream read queries per change "
+                f"{statistics.median(queries):.0f} (p50 per change: {', '.join(f'{x:.0f}' for x in p50s)})")
+
+    with override_settings(POWERSYNC={**settings.POWERSYNC, "SHARED_READS": shared}):
+        out = asyncio.run(main())
+    storage.shutdown()
+    return out
+
+
+if __name__ == "__main__":
+    main()
