@@ -208,8 +208,9 @@ def test_each_batch_commits_a_checkpoint_with_what_changed():
     cp = Checkpoint.objects.latest("id")
     assert cp.id > first.id and cp.last_op_id == state().last_op_id
     assert sorted(orjson.loads(cp.changed_buckets)) == sorted([lists_bucket("u1"), todos_bucket(lst)])
-    # Only rows read by parameter querysets are listed, with the values that say whose streams they concern.
-    assert orjson.loads(cp.changed_models) == ["todos.todolist|owner_id=u1"]
+    # Only rows read by parameter querysets are listed, with the values that say whose streams they concern:
+    # the owner's, and those subscribed to this list (the list_todos stream filters on the list id).
+    assert sorted(orjson.loads(cp.changed_models)) == [f"todos.todolist|id={lst.id}", "todos.todolist|owner_id=u1"]
     assert storage.latest_checkpoint_id() == cp.id
     # Nothing pending: no new checkpoint.
     replicate_now()
