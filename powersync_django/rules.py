@@ -576,6 +576,26 @@ def _parse_parameters(name: str, raw: Any, problems: list[Problem]) -> tuple[lis
     return names or [], queries
 
 
+def _check_bindings(where: str, q: DataQuery, pnames: list[str], problems: list[Problem],
+                    tables: dict[str, tuple[str, list[str]]]) -> None:
+    """E008 (every parameter matched by one equality filter) and E009 (one client table, one shape)."""
+    missing = set(pnames) - set(q.bindings.values())
+    extra = set(q.bindings.values()) - set(pnames)
+    if missing:
+        problems.append(Problem("E008", f"{where}: data query on {q.model._meta.label} does not filter on "
+                                f"{sorted('bucket.' + m for m in missing)}.",
+                                "Every parameter must be matched by an equality filter."))
+    if extra:
+        problems.append(Problem("E008", f"{where}: data filter uses unknown parameters {sorted(extra)}."))
+    cols = [c.attname for c in q.columns]
+    seen = tables.get(q.table)
+    if seen and (seen[0] != q.model._meta.label_lower or seen[1] != cols):
+        problems.append(Problem("E009", f"Client table {q.table!r} is produced by {seen[0]} and "
+                                f"{q.model._meta.label_lower} with different columns.",
+                                "Give each mapping its own 'table' or the same model and columns."))
+    tables.setdefault(q.table, (q.model._meta.label_lower, cols))
+
+
 def parse(config: Mapping[str, Any]) -> tuple[Rules | None, list[Problem]]:
     """Parse ``BUCKETS`` and ``STREAMS``; return the rules (None if unusable) and every problem found."""
     problems: list[Problem] = []
@@ -603,21 +623,7 @@ def parse(config: Mapping[str, Any]) -> tuple[Rules | None, list[Problem]]:
             data_raw = []
         data = [q for i, r in enumerate(data_raw) if (q := _parse_data(name, r, i, problems))]
         for q in data:
-            missing = set(pnames) - set(q.bindings.values())
-            extra = set(q.bindings.values()) - set(pnames)
-            if missing:
-                problems.append(Problem("E008", f"BUCKETS[{name!r}]: data query on {q.model._meta.label} does not filter on "
-                                        f"{sorted('bucket.' + m for m in missing)}.",
-                                        "Every bucket parameter must be matched by an equality filter."))
-            if extra:
-                problems.append(Problem("E008", f"BUCKETS[{name!r}]: data filter uses unknown parameters {sorted(extra)}."))
-            cols = [c.attname for c in q.columns]
-            seen = tables.get(q.table)
-            if seen and (seen[0] != q.model._meta.label_lower or seen[1] != cols):
-                problems.append(Problem("E009", f"Client table {q.table!r} is produced by {seen[0]} and "
-                                        f"{q.model._meta.label_lower} with different columns.",
-                                        "Give each mapping its own 'table' or the same model and columns."))
-            tables.setdefault(q.table, (q.model._meta.label_lower, cols))
+            _check_bindings(f"BUCKETS[{name!r}]", q, pnames, problems, tables)
         definitions[name] = Definition(name, pnames, pqueries, data, priority)
     from .streams import parse_streams
 

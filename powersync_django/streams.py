@@ -29,6 +29,7 @@ from .rules import (
     ParameterQuery,
     Problem,
     Rules,
+    _check_bindings,
     _encode_param,
     _get_model,
     _is_ref,
@@ -390,23 +391,6 @@ def _parse_stream(name: Any, spec: Any, problems: list[Problem], tables: dict[st
                   param_fields=param_fields)
 
 
-def _check_bindings(where: str, q: DataQuery, pnames: list[str], problems: list[Problem],
-                    tables: dict[str, tuple[str, list[str]]]) -> None:
-    missing = set(pnames) - set(q.bindings.values())
-    extra = set(q.bindings.values()) - set(pnames)
-    if missing:
-        problems.append(Problem("E008", f"{where}: data query on {q.model._meta.label} does not filter on "
-                                f"{sorted('bucket.' + m for m in missing)}.",
-                                "Every parameter must be matched by an equality filter."))
-    if extra:
-        problems.append(Problem("E008", f"{where}: data filter uses unknown parameters {sorted(extra)}."))
-    cols = [c.attname for c in q.columns]
-    seen = tables.get(q.table)
-    if seen and (seen[0] != q.model._meta.label_lower or seen[1] != cols):
-        problems.append(Problem("E009", f"Client table {q.table!r} is produced by {seen[0]} and "
-                                f"{q.model._meta.label_lower} with different columns.",
-                                "Give each mapping its own 'table' or the same model and columns."))
-    tables.setdefault(q.table, (q.model._meta.label_lower, cols))
 
 
 def _parse_parameters(where: str, raw: Any, problems: list[Problem]) -> tuple[list[str], list[ParameterQuery], set[str]]:
