@@ -275,6 +275,12 @@ async def write_checkpoint(request: HttpRequest) -> HttpResponse:
         client_id = check_client_id(request.GET.get("client_id"))
     except ProtocolError as exc:
         return error_response(exc.as_json(), exc.status)
+    return await _write_marker(claims, "write_checkpoint", storage.create_write_checkpoint, claims.user_id, client_id)
+
+
+async def _write_marker(claims: TokenClaims, answer_key: str, fn: Callable[..., int], *args: Any) -> HttpResponse:
+    """Run a write-checkpoint marker write (``fn``) within the user's WRITE_CHECKPOINT rate limit, on the write
+    pool: ``{"data": {answer_key: "<value>"}}``, 429 over the limit, 503 when the write pool is full."""
     try:
         await asyncio.to_thread(ratelimit.check, "WRITE_CHECKPOINT", claims.user_id)
     except ratelimit.RateLimited as exc:
@@ -282,10 +288,10 @@ async def write_checkpoint(request: HttpRequest) -> HttpResponse:
         response["Retry-After"] = str(exc.retry_after)
         return response
     try:
-        counter = await storage.run_write(storage.create_write_checkpoint, claims.user_id, client_id)
+        value = await storage.run_write(fn, *args)
     except Overloaded as exc:
         return protocol_error_response(exc)
-    return JsonResponse({"data": {"write_checkpoint": str(counter)}})
+    return JsonResponse({"data": {answer_key: str(value)}})
 
 
 # A checkpoint request body is two short fields.
@@ -316,15 +322,6 @@ async def checkpoint_request(request: HttpRequest) -> HttpResponse:
     except (ProtocolError, ValueError) as exc:
         error = exc if isinstance(exc, ProtocolError) else ProtocolError("Malformed Content-Length header")
         return error_response(error.as_json(), error.status)
-    try:
-        # Same budget as write-checkpoint2.json: both write a marker and wake every stream.
-        await asyncio.to_thread(ratelimit.check, "WRITE_CHECKPOINT", claims.user_id)
-    except ratelimit.RateLimited as exc:
-        response = error_response(exc.as_json(), exc.status)
-        response["Retry-After"] = str(exc.retry_after)
-        return response
-    try:
-        stored = await storage.run_write(storage.request_checkpoint, claims.user_id, client_id, request_id)
-    except Overloaded as exc:
-        return protocol_error_response(exc)
-    return JsonResponse({"data": {"checkpoint_request_id": str(stored)}})
+    # Same budget as write-checkpoint2.json: both write a marker and wake every stream.
+    return await _write_marker(claims, "checkpoint_request_id", storage.request_checkpoint, claims.user_id,
+                               client_id, request_id)
