@@ -9,11 +9,15 @@ this process's own replicator thread wakes the hub at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import selectors
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from django.db import connections
@@ -25,6 +29,79 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_CHANNEL = "powersync_checkpoint"
 RECENT_EVENTS = 256
+# How often an idle checkpoint listener thread checks that its event loop still runs (stop_listener and
+# close wake it at once).
+LISTENER_CHECK_SECONDS = 5.0
+# PostgreSQL: the hub re-reads the newest checkpoint this often even without a notification (a safety net).
+LISTEN_POLL_SECONDS = 5.0
+
+# --- waiting on a LISTEN connection without polling ------------------------------------------------
+
+
+class Waker(threading.Event):
+    """A ``threading.Event`` that can also be waited on with ``select`` (:meth:`fileno`), next to a socket.
+
+    ``set`` writes a byte to a pipe, ``clear`` drains it, so a thread blocked in :func:`wait_notified` on a
+    LISTEN connection wakes at once when another thread sets the event: no short polling timeouts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def set(self) -> None:
+        super().set()
+        if not self._closed:
+            with contextlib.suppress(OSError):  # full (already readable) or closed meanwhile
+                os.write(self._write, b"x")
+
+    def clear(self) -> None:
+        super().clear()
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                while os.read(self._read, 4096):
+                    pass
+
+    def __del__(self) -> None:
+        # Only once no thread can set it any more: closing earlier could let a late ``set`` write to a
+        # reused file descriptor.
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            os.close(self._read)
+            os.close(self._write)
+
+
+def wait_notified(conn: Any, wake: threading.Event, timeout: float) -> str:
+    """Block until ``conn`` (a psycopg connection that LISTENs) receives a notification, ``wake`` is set, or
+    ``timeout`` passes; return ``notified``, ``woken`` or ``timeout``. Raises ``psycopg.Error`` when the
+    connection is lost.
+
+    The thread sleeps in one ``select`` on the connection's socket (and the :class:`Waker`'s pipe): no
+    wake-ups while nothing happens. A plain ``threading.Event`` (no pipe) is checked every 50 ms.
+    """
+    deadline = time.monotonic() + timeout
+    piped = isinstance(wake, Waker) and not wake._closed
+    with selectors.DefaultSelector() as selector:  # not select.select: file descriptors above 1023
+        selector.register(conn.fileno(), selectors.EVENT_READ)
+        if piped:
+            selector.register(wake.fileno(), selectors.EVENT_READ)
+        while True:
+            # Notifications already received (during a command, or in the packet that woke us up).
+            for _ in conn.notifies(timeout=0, stop_after=1):
+                return "notified"
+            if wake.is_set():
+                return "woken"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            selector.select(remaining if piped else min(0.05, remaining))
+
 
 # --- replicator wake-up (threads) ------------------------------------------------------------------
 
@@ -131,6 +208,7 @@ class CheckpointHub:
         self._poke = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._listener: threading.Thread | None = None
+        self._listener_stop = Waker()
         self._ready = asyncio.Event()
 
     def start(self) -> None:
@@ -147,13 +225,15 @@ class CheckpointHub:
         self._poke.set()
 
     def stop_listener(self, wait: float = 0) -> None:
-        """Stop the PostgreSQL listener thread (within about half a second)."""
+        """Stop the PostgreSQL listener thread (at once)."""
         self.closed = True
+        self._listener_stop.set()
         if self._listener is not None and wait:
             self._listener.join(wait)
 
     async def close(self) -> None:
         self.closed = True
+        self._listener_stop.set()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -200,6 +280,9 @@ class CheckpointHub:
         interval = get_config()["POLL_INTERVAL"]
         pg = connections[self.using].vendor == "postgresql"
         while not self.closed:
+            # Cleared before the read: a poke that arrives while it runs (a checkpoint it may have missed)
+            # leads to another read at once instead of waiting for the next poll.
+            self._poke.clear()
             try:
                 newest = await storage.run(storage.latest_checkpoint_id, self.using)
                 if not self.initialised:
@@ -214,9 +297,8 @@ class CheckpointHub:
                 raise
             except Exception:
                 logger.exception("powersync: reading checkpoints failed")
-            self._poke.clear()
             try:
-                async with asyncio.timeout(5.0 if pg else interval):
+                async with asyncio.timeout(LISTEN_POLL_SECONDS if pg else interval):
                     await self._poke.wait()
             except TimeoutError:
                 pass
@@ -263,7 +345,8 @@ class CheckpointHub:
                     conn.execute(f"LISTEN {CHECKPOINT_CHANNEL}")
                     loop.call_soon_threadsafe(self.poke)  # catch up on anything committed before LISTEN
                     while not self.closed and not loop.is_closed():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        # One select on the socket and the stop pipe; the timeout only notices a closed loop.
+                        if wait_notified(conn, self._listener_stop, LISTENER_CHECK_SECONDS) == "notified":
                             loop.call_soon_threadsafe(self.poke)
             except RuntimeError:
                 return  # the event loop closed

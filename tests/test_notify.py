@@ -1,0 +1,122 @@
+"""The checkpoint hub and the LISTEN waits: no lost wake-ups, no polling while idle."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+from django.conf import settings
+from django.test import override_settings
+
+from demo_project.todos.models import TodoList
+from powersync_django import notify, storage
+from powersync_django.replication import replicate_now
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_checkpoint_committed_while_the_hub_reads_wakes_it_at_once(monkeypatch):
+    """The poke of a checkpoint committed during the hub's read must not be cleared with the read's own."""
+    monkeypatch.setattr(notify, "LISTEN_POLL_SECONDS", 600)
+    monkeypatch.setattr(notify.CheckpointHub, "_listen", lambda self, loop: None)  # pokes come only from here
+    replicate_now()
+    real = storage.latest_checkpoint_id
+    reads = []
+
+    def read_then_commit(using="default"):
+        newest = real(using)
+        if not reads:
+            TodoList.objects.using(using).create(name="during the read", owner_id="u1")
+            replicate_now(using)  # pokes the hub (checkpoint_committed) before this read returns
+        reads.append(newest)
+        return newest
+
+    monkeypatch.setattr(storage, "latest_checkpoint_id", read_then_commit)
+
+    async def run():
+        with override_settings(POWERSYNC={**settings.POWERSYNC, "POLL_INTERVAL": 600}):
+            hub = notify.get_hub()
+            baseline = await hub.ready()
+            try:
+                return baseline, await hub.wait_changes(baseline, 20)
+            finally:
+                await hub.close()
+
+    baseline, changes = asyncio.run(run())
+    assert changes is not None and changes.last_id == baseline + 1
+    assert any(m.startswith("todos.todolist") for m in changes.models)
+
+
+class CountingConnection:
+    """A psycopg connection that counts the ``notifies`` calls (one per wake-up of the waiting thread)."""
+
+    def __init__(self, conn) -> None:
+        self.conn, self.calls = conn, 0
+
+    def notifies(self, **kwargs):
+        self.calls += 1
+        return self.conn.notifies(**kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.conn, name)
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_an_idle_outbox_listener_sleeps_until_notified_or_woken():
+    from powersync_django.replication import _OutboxListener
+
+    listener = _OutboxListener("default")
+    wake = notify.Waker()
+    try:
+        counting = listener.conn = CountingConnection(listener.conn)
+        assert listener.wait(wake, 1.0) == "timeout"
+        assert counting.calls <= 2  # one look before sleeping, one after: no 50 ms polling
+
+        timer = threading.Timer(0.2, wake.set)  # a commit of this process (outbox_changed) or stop()
+        timer.start()
+        assert listener.wait(wake, 60) == "woken"
+        timer.join()
+        wake.clear()
+        assert not wake.is_set()
+
+        threading.Timer(0.2, lambda: TodoList.objects.create(name="other process", owner_id="u1")).start()
+        assert listener.wait(wake, 60) == "notified"
+    finally:
+        listener.close()
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_the_hub_listener_thread_stops_at_once(monkeypatch):
+    """It sleeps in one select for up to LISTENER_CHECK_SECONDS; stop_listener wakes it through its pipe."""
+    monkeypatch.setattr(notify, "LISTENER_CHECK_SECONDS", 600)
+
+    async def run():
+        hub = notify.get_hub()
+        await hub.ready()
+        await asyncio.sleep(0.3)  # the listener is connected and waiting
+        started = time.monotonic()
+        hub.stop_listener(wait=30)
+        stopped = time.monotonic() - started
+        alive = hub._listener.is_alive()
+        await hub.close()
+        return alive, stopped
+
+    alive, stopped = asyncio.run(run())
+    assert not alive and stopped < 30
+
+
+def test_a_waker_is_an_event_with_a_pipe():
+    import selectors
+
+    wake = notify.Waker()
+    with selectors.DefaultSelector() as selector:
+        selector.register(wake.fileno(), selectors.EVENT_READ)
+        assert selector.select(0) == [] and not wake.is_set()
+        wake.set()
+        wake.set()
+        assert selector.select(0) and wake.is_set() and wake.wait(0)
+        wake.clear()
+        assert selector.select(0) == [] and not wake.is_set()
