@@ -745,13 +745,30 @@ class ReplicatorWorker:
             listener.wait(self.wake_event, self.config["LEASE_SECONDS"] / 3)
         else:
             timeout = min(self.config["LEASE_SECONDS"] / 3, 1.0)
-            # SQLite: a cheap poll for entries written by other processes.
+            # SQLite: a cheap poll for entries written by other processes. The outbox is only queried when
+            # the database changed since the last look (PRAGMA data_version: a few microseconds).
             deadline = time.monotonic() + timeout
             poll = self.config["POLL_INTERVAL"]
+            seen: int | None = None
             while time.monotonic() < deadline and not self.wake_event.is_set():
-                if OutboxEntry.objects.using(self.using).exists():
-                    return
+                version = self._data_version()
+                if version is None or version != seen:
+                    if OutboxEntry.objects.using(self.using).exists():
+                        return
+                    seen = version
                 self.wake_event.wait(poll)
+
+    def _data_version(self) -> int | None:
+        """SQLite's ``PRAGMA data_version`` of this thread's connection: it changes when another connection
+        commits. None when it cannot be read (then the caller queries the outbox)."""
+        connection = connections[self.using]
+        if connection.vendor != "sqlite" or connection.in_atomic_block:
+            return None
+        try:
+            connection.ensure_connection()
+            return int(connection.connection.execute("PRAGMA data_version").fetchone()[0])
+        except Exception:
+            return None
 
 
 class _OutboxListener:

@@ -120,3 +120,35 @@ def test_a_waker_is_an_event_with_a_pipe():
         assert selector.select(0) and wake.is_set() and wake.wait(0)
         wake.clear()
         assert selector.select(0) == [] and not wake.is_set()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sqlite_replicator_poll_queries_the_outbox_only_after_a_commit_elsewhere():
+    """Idle, the SQLite poll reads PRAGMA data_version; the outbox is queried again only once another
+    connection (another process or thread) committed."""
+    from django.db import connection, connections
+    from django.test.utils import CaptureQueriesContext
+
+    from powersync_django.replication import ReplicatorWorker
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite poll")
+    worker = ReplicatorWorker()
+
+    def outbox_queries(queries) -> int:
+        return sum("outboxentry" in q["sql"].lower() for q in queries.captured_queries)
+
+    with CaptureQueriesContext(connection) as idle:
+        worker._wait(None, 0)  # up to min(LEASE_SECONDS / 3, 1) s, nothing committed anywhere
+    assert outbox_queries(idle) == 1  # polled every POLL_INTERVAL before: about 50
+
+    def commit_elsewhere() -> None:
+        TodoList.objects.create(name="another thread", owner_id="u1")
+        connections.close_all()
+
+    timer = threading.Timer(0.2, commit_elsewhere)
+    with CaptureQueriesContext(connection) as changed:
+        timer.start()
+        worker._wait(None, 0)
+    timer.join()
+    assert outbox_queries(changed) == 2  # the look before, and the one that found the new entry
