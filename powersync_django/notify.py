@@ -63,6 +63,10 @@ class Waker(threading.Event):
 
     def clear(self) -> None:
         super().clear()
+        self.drain()
+
+    def drain(self) -> None:
+        """Empty the pipe (a byte can outlive the flag when ``set`` and ``clear`` race)."""
         if not self._closed:
             with contextlib.suppress(OSError):
                 while os.read(self._read, 4096):
@@ -100,7 +104,9 @@ def wait_notified(conn: Any, wake: threading.Event, timeout: float) -> str:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return "timeout"
-            selector.select(remaining if piped else min(0.05, remaining))
+            for key, _ in selector.select(remaining if piped else min(0.05, remaining)):
+                if key.fd != conn.fileno() and not wake.is_set():
+                    wake.drain()  # a stale byte (set/clear race): select would return at once again
 
 
 # --- replicator wake-up (threads) ------------------------------------------------------------------

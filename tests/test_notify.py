@@ -152,3 +152,24 @@ def test_the_sqlite_replicator_poll_queries_the_outbox_only_after_a_commit_elsew
         worker._wait(None, 0)
     timer.join()
     assert outbox_queries(changed) == 2  # the look before, and the one that found the new entry
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_stale_byte_in_the_wake_pipe_does_not_make_the_wait_spin():
+    """``set`` and ``clear`` racing can leave a byte in the pipe with the flag clear: the wait drains it
+    and sleeps instead of returning from select again and again."""
+    from powersync_django.replication import _OutboxListener
+
+    listener = _OutboxListener("default")
+    wake = notify.Waker()
+    try:
+        threading.Event.clear(wake)  # the flag cleared, the byte of a set() still in the pipe:
+        import os
+
+        os.write(wake._write, b"x")
+        counting = listener.conn = CountingConnection(listener.conn)
+        assert listener.wait(wake, 1.0) == "timeout"
+        assert counting.calls <= 3
+    finally:
+        listener.close()
