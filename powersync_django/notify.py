@@ -13,6 +13,7 @@ import contextlib
 import logging
 import os
 import selectors
+import sqlite3
 import threading
 import time
 from collections import deque
@@ -198,6 +199,34 @@ def get_hub(using: str = "default") -> CheckpointHub:
     return hub
 
 
+class _DataVersion:
+    """SQLite's ``PRAGMA data_version`` on a connection of the hub's own (event-loop thread): it changes when
+    another connection commits. A few microseconds, against a read through the read threads per poll."""
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.conn: sqlite3.Connection | None = None
+
+    def read(self) -> int | None:
+        """The current value; None when it cannot be read now (the caller then reads the checkpoints)."""
+        try:
+            if self.conn is None:
+                params = connections[self.using].get_connection_params()
+                # timeout 0: never block the event loop on a lock (the answer is then "unknown").
+                self.conn = sqlite3.connect(params["database"], uri=bool(params.get("uri")), timeout=0,
+                                            isolation_level=None, check_same_thread=False)
+            return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        except Exception:
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+
 class CheckpointHub:
     """Tracks the newest checkpoint and wakes waiting streams when it changes."""
 
@@ -285,30 +314,39 @@ class CheckpointHub:
 
         interval = get_config()["POLL_INTERVAL"]
         pg = connections[self.using].vendor == "postgresql"
-        while not self.closed:
-            # Cleared before the read: a poke that arrives while it runs (a checkpoint it may have missed)
-            # leads to another read at once instead of waiting for the next poll.
-            self._poke.clear()
-            try:
-                newest = await storage.run(storage.latest_checkpoint_id, self.using)
-                if not self.initialised:
-                    # Baseline (possibly 0: no checkpoint yet); streams start from it.
-                    self.latest_id = self.known_from = newest
-                    self.initialised = True
-                elif newest > self.latest_id:
-                    rows = await storage.run(storage.checkpoints_from, self.latest_id, self.using)
-                    self._publish(rows)
-                self._ready.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("powersync: reading checkpoints failed")
-            try:
-                async with asyncio.timeout(LISTEN_POLL_SECONDS if pg else interval):
-                    await self._poke.wait()
-            except TimeoutError:
-                pass
-
+        probe = _DataVersion(self.using) if connections[self.using].vendor == "sqlite" else None
+        try:
+            while not self.closed:
+                # Cleared before the read: a poke that arrives while it runs (a checkpoint it may have missed)
+                # leads to another read at once instead of waiting for the next poll.
+                self._poke.clear()
+                seen = probe.read() if probe else None  # before the read: a commit after it is noticed
+                try:
+                    newest = await storage.run(storage.latest_checkpoint_id, self.using)
+                    if not self.initialised:
+                        # Baseline (possibly 0: no checkpoint yet); streams start from it.
+                        self.latest_id = self.known_from = newest
+                        self.initialised = True
+                    elif newest > self.latest_id:
+                        rows = await storage.run(storage.checkpoints_from, self.latest_id, self.using)
+                        self._publish(rows)
+                    self._ready.set()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("powersync: reading checkpoints failed")
+                while not self.closed:
+                    try:
+                        async with asyncio.timeout(LISTEN_POLL_SECONDS if pg else interval):
+                            await self._poke.wait()
+                        break
+                    except TimeoutError:
+                        # SQLite: read again only once another connection committed (or the probe cannot tell).
+                        if seen is None or probe is None or probe.read() != seen:
+                            break
+        finally:
+            if probe:
+                probe.close()
     def _publish(self, rows: list[tuple]) -> None:
         """Publish the checkpoint rows read from ``latest_id`` on (``latest_id`` itself first, if it still exists).
 

@@ -173,3 +173,39 @@ def test_a_stale_byte_in_the_wake_pipe_does_not_make_the_wait_spin():
         assert counting.calls <= 3
     finally:
         listener.close()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_sqlite_hub_reads_checkpoints_only_after_a_commit_elsewhere(monkeypatch):
+    """Idle, the SQLite hub polls PRAGMA data_version, not the checkpoint table; a checkpoint committed by
+    another connection (another process: no poke) is still read within a poll."""
+    from django.db import connection, connections
+
+    if connection.vendor != "sqlite":
+        pytest.skip("SQLite poll")
+    replicate_now()
+    monkeypatch.setattr(notify, "checkpoint_committed", lambda checkpoint_id: None)  # as from another process
+    real = storage.latest_checkpoint_id
+    reads = []
+    monkeypatch.setattr(storage, "latest_checkpoint_id", lambda using="default": reads.append(1) or real(using))
+
+    def commit_elsewhere() -> None:
+        TodoList.objects.create(name="elsewhere", owner_id="u1")
+        replicate_now()
+        connections.close_all()
+
+    async def run():
+        hub = notify.get_hub()
+        baseline = await hub.ready()
+        before = len(reads)
+        await asyncio.sleep(1.0)  # 50 polls of POLL_INTERVAL
+        idle = len(reads) - before
+        await asyncio.to_thread(commit_elsewhere)
+        try:
+            return idle, baseline, await hub.wait_changes(baseline, 20)
+        finally:
+            await hub.close()
+
+    idle, baseline, changes = asyncio.run(run())
+    assert idle <= 1  # a read every POLL_INTERVAL before: about 50
+    assert changes is not None and changes.last_id == baseline + 1
