@@ -1,7 +1,9 @@
 """New-checkpoint fan-out: one listener per server process, shared in memory by all its sync streams.
 
-PostgreSQL: LISTEN on the checkpoint channel (the replicator NOTIFYs in its batch transaction).
-SQLite: one light poll of the newest checkpoint id per process. With ``POWERSYNC["NOTIFY"] = "channels"``:
+PostgreSQL: LISTEN on the checkpoint channel (the replicator NOTIFYs in its batch transaction), in a thread that
+sleeps in one ``select`` on the connection's socket and a wake pipe (:class:`Waker`, :func:`wait_notified`; the
+replicator's outbox listener waits the same way). SQLite: a poll of ``PRAGMA data_version`` per process, the
+checkpoint table read only after another connection committed. With ``POWERSYNC["NOTIFY"] = "channels"``:
 announcements over a Channels layer instead of LISTEN (:mod:`~powersync_django.notify_channels`). In all cases a checkpoint committed by
 this process's own replicator thread wakes the hub at once.
 """
