@@ -85,9 +85,13 @@ def main() -> None:
         call_command("migrate", verbosity=0)
         from demo_project.todos.models import Todo, TodoList
         from powersync_django.auth import make_token
+        from powersync_django.replication import replicate_now
 
         users = [f"user{i}" for i in range(args.clients)]
         lists = {u: TodoList.objects.create(name="l", owner_id=u) for u in users}
+        # Built before the streams open: a stream opened before the first build ends when the build changes the
+        # definitions' version (a real client reconnects; these readers do not, and the change never arrived).
+        replicate_now()
         with serve(url, f"{tmp}/server.log") as proc:
             port = proc.port
             streams = {u: Stream(port, make_token(u)) for u in users}

@@ -1,7 +1,9 @@
 """New-checkpoint fan-out: one listener per server process, shared in memory by all its sync streams.
 
-PostgreSQL: LISTEN on the checkpoint channel (the replicator NOTIFYs in its batch transaction).
-SQLite: one light poll of the newest checkpoint id per process. With ``POWERSYNC["NOTIFY"] = "channels"``:
+PostgreSQL: LISTEN on the checkpoint channel (the replicator NOTIFYs in its batch transaction), in a thread that
+sleeps in one ``select`` on the connection's socket and a wake pipe (:class:`Waker`, :func:`wait_notified`; the
+replicator's outbox listener waits the same way). SQLite: a poll of ``PRAGMA data_version`` per process, the
+checkpoint table read only after another connection committed. With ``POWERSYNC["NOTIFY"] = "channels"``:
 announcements over a Channels layer instead of LISTEN (:mod:`~powersync_django.notify_channels`). In all cases a checkpoint committed by
 this process's own replicator thread wakes the hub at once.
 """
@@ -9,11 +11,16 @@ this process's own replicator thread wakes the hub at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import selectors
+import sqlite3
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from django.db import connections
@@ -25,6 +32,85 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_CHANNEL = "powersync_checkpoint"
 RECENT_EVENTS = 256
+# How often an idle checkpoint listener thread checks that its event loop still runs (stop_listener and
+# close wake it at once).
+LISTENER_CHECK_SECONDS = 5.0
+# PostgreSQL: the hub re-reads the newest checkpoint this often even without a notification (a safety net).
+LISTEN_POLL_SECONDS = 5.0
+
+# --- waiting on a LISTEN connection without polling ------------------------------------------------
+
+
+class Waker(threading.Event):
+    """A ``threading.Event`` that can also be waited on with ``select`` (:meth:`fileno`), next to a socket.
+
+    ``set`` writes a byte to a pipe, ``clear`` drains it, so a thread blocked in :func:`wait_notified` on a
+    LISTEN connection wakes at once when another thread sets the event: no short polling timeouts.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._read, False)
+        os.set_blocking(self._write, False)
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self._read
+
+    def set(self) -> None:
+        super().set()
+        if not self._closed:
+            with contextlib.suppress(OSError):  # full (already readable) or closed meanwhile
+                os.write(self._write, b"x")
+
+    def clear(self) -> None:
+        super().clear()
+        self.drain()
+
+    def drain(self) -> None:
+        """Empty the pipe (a byte can outlive the flag when ``set`` and ``clear`` race)."""
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                while os.read(self._read, 4096):
+                    pass
+
+    def __del__(self) -> None:
+        # Only once no thread can set it any more: closing earlier could let a late ``set`` write to a
+        # reused file descriptor.
+        if not getattr(self, "_closed", True):
+            self._closed = True
+            os.close(self._read)
+            os.close(self._write)
+
+
+def wait_notified(conn: Any, wake: threading.Event, timeout: float) -> str:
+    """Block until ``conn`` (a psycopg connection that LISTENs) receives a notification, ``wake`` is set, or
+    ``timeout`` passes; return ``notified``, ``woken`` or ``timeout``. Raises ``psycopg.Error`` when the
+    connection is lost.
+
+    The thread sleeps in one ``select`` on the connection's socket (and the :class:`Waker`'s pipe): no
+    wake-ups while nothing happens. A plain ``threading.Event`` (no pipe) is checked every 50 ms.
+    """
+    deadline = time.monotonic() + timeout
+    piped = isinstance(wake, Waker) and not wake._closed
+    with selectors.DefaultSelector() as selector:  # not select.select: file descriptors above 1023
+        selector.register(conn.fileno(), selectors.EVENT_READ)
+        if piped:
+            selector.register(wake.fileno(), selectors.EVENT_READ)
+        while True:
+            # Notifications already received (during a command, or in the packet that woke us up).
+            for _ in conn.notifies(timeout=0, stop_after=1):
+                return "notified"
+            if wake.is_set():
+                return "woken"
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return "timeout"
+            for key, _ in selector.select(remaining if piped else min(0.05, remaining)):
+                if key.fd != conn.fileno() and not wake.is_set():
+                    wake.drain()  # a stale byte (set/clear race): select would return at once again
+
 
 # --- replicator wake-up (threads) ------------------------------------------------------------------
 
@@ -115,6 +201,34 @@ def get_hub(using: str = "default") -> CheckpointHub:
     return hub
 
 
+class _DataVersion:
+    """SQLite's ``PRAGMA data_version`` on a connection of the hub's own (event-loop thread): it changes when
+    another connection commits. A few microseconds, against a read through the read threads per poll."""
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.conn: sqlite3.Connection | None = None
+
+    def read(self) -> int | None:
+        """The current value; None when it cannot be read now (the caller then reads the checkpoints)."""
+        try:
+            if self.conn is None:
+                params = connections[self.using].get_connection_params()
+                # timeout 0: never block the event loop on a lock (the answer is then "unknown").
+                self.conn = sqlite3.connect(params["database"], uri=bool(params.get("uri")), timeout=0,
+                                            isolation_level=None, check_same_thread=False)
+            return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+        except Exception:
+            self.close()
+            return None
+
+    def close(self) -> None:
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+
 class CheckpointHub:
     """Tracks the newest checkpoint and wakes waiting streams when it changes."""
 
@@ -131,6 +245,7 @@ class CheckpointHub:
         self._poke = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._listener: threading.Thread | None = None
+        self._listener_stop = Waker()
         self._ready = asyncio.Event()
 
     def start(self) -> None:
@@ -147,13 +262,15 @@ class CheckpointHub:
         self._poke.set()
 
     def stop_listener(self, wait: float = 0) -> None:
-        """Stop the PostgreSQL listener thread (within about half a second)."""
+        """Stop the PostgreSQL listener thread (at once)."""
         self.closed = True
+        self._listener_stop.set()
         if self._listener is not None and wait:
             self._listener.join(wait)
 
     async def close(self) -> None:
         self.closed = True
+        self._listener_stop.set()
         for t in self._tasks:
             t.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -199,28 +316,39 @@ class CheckpointHub:
 
         interval = get_config()["POLL_INTERVAL"]
         pg = connections[self.using].vendor == "postgresql"
-        while not self.closed:
-            try:
-                newest = await storage.run(storage.latest_checkpoint_id, self.using)
-                if not self.initialised:
-                    # Baseline (possibly 0: no checkpoint yet); streams start from it.
-                    self.latest_id = self.known_from = newest
-                    self.initialised = True
-                elif newest > self.latest_id:
-                    rows = await storage.run(storage.checkpoints_from, self.latest_id, self.using)
-                    self._publish(rows)
-                self._ready.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                logger.exception("powersync: reading checkpoints failed")
-            self._poke.clear()
-            try:
-                async with asyncio.timeout(5.0 if pg else interval):
-                    await self._poke.wait()
-            except TimeoutError:
-                pass
-
+        probe = _DataVersion(self.using) if connections[self.using].vendor == "sqlite" else None
+        try:
+            while not self.closed:
+                # Cleared before the read: a poke that arrives while it runs (a checkpoint it may have missed)
+                # leads to another read at once instead of waiting for the next poll.
+                self._poke.clear()
+                seen = probe.read() if probe else None  # before the read: a commit after it is noticed
+                try:
+                    newest = await storage.run(storage.latest_checkpoint_id, self.using)
+                    if not self.initialised:
+                        # Baseline (possibly 0: no checkpoint yet); streams start from it.
+                        self.latest_id = self.known_from = newest
+                        self.initialised = True
+                    elif newest > self.latest_id:
+                        rows = await storage.run(storage.checkpoints_from, self.latest_id, self.using)
+                        self._publish(rows)
+                    self._ready.set()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("powersync: reading checkpoints failed")
+                while not self.closed:
+                    try:
+                        async with asyncio.timeout(LISTEN_POLL_SECONDS if pg else interval):
+                            await self._poke.wait()
+                        break
+                    except TimeoutError:
+                        # SQLite: read again only once another connection committed (or the probe cannot tell).
+                        if seen is None or probe is None or probe.read() != seen:
+                            break
+        finally:
+            if probe:
+                probe.close()
     def _publish(self, rows: list[tuple]) -> None:
         """Publish the checkpoint rows read from ``latest_id`` on (``latest_id`` itself first, if it still exists).
 
@@ -263,7 +391,8 @@ class CheckpointHub:
                     conn.execute(f"LISTEN {CHECKPOINT_CHANNEL}")
                     loop.call_soon_threadsafe(self.poke)  # catch up on anything committed before LISTEN
                     while not self.closed and not loop.is_closed():
-                        for _ in conn.notifies(timeout=0.5, stop_after=1):
+                        # One select on the socket and the stop pipe; the timeout only notices a closed loop.
+                        if wait_notified(conn, self._listener_stop, LISTENER_CHECK_SECONDS) == "notified":
                             loop.call_soon_threadsafe(self.poke)
             except RuntimeError:
                 return  # the event loop closed

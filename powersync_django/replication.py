@@ -688,7 +688,8 @@ class ReplicatorWorker:
         self.using = using
         self.replicator = Replicator(using=using)
         self.stop_event = threading.Event()
-        self.wake_event = threading.Event()
+        # Set by commits of this process (and by stop): wakes the LISTEN wait through its pipe.
+        self.wake_event = notify.Waker()
         self.config = get_config()
 
     def stop(self) -> None:
@@ -738,17 +739,36 @@ class ReplicatorWorker:
             connections.close_all()
 
     def _wait(self, listener: _OutboxListener | None, last_renew: float) -> None:
-        timeout = min(self.config["LEASE_SECONDS"] / 3, 1.0)
         if listener is not None:
-            listener.wait(self.wake_event, timeout)
+            # Entries of any process NOTIFY at commit, this process's commits set wake_event, a lost
+            # connection returns at once: the timeout only paces the lease renewal (a third of its term).
+            listener.wait(self.wake_event, self.config["LEASE_SECONDS"] / 3)
         else:
-            # SQLite: a cheap poll for entries written by other processes.
+            timeout = min(self.config["LEASE_SECONDS"] / 3, 1.0)
+            # SQLite: a cheap poll for entries written by other processes. The outbox is only queried when
+            # the database changed since the last look (PRAGMA data_version: a few microseconds).
             deadline = time.monotonic() + timeout
             poll = self.config["POLL_INTERVAL"]
+            seen: int | None = None
             while time.monotonic() < deadline and not self.wake_event.is_set():
-                if OutboxEntry.objects.using(self.using).exists():
-                    return
+                version = self._data_version()
+                if version is None or version != seen:
+                    if OutboxEntry.objects.using(self.using).exists():
+                        return
+                    seen = version
                 self.wake_event.wait(poll)
+
+    def _data_version(self) -> int | None:
+        """SQLite's ``PRAGMA data_version`` of this thread's connection: it changes when another connection
+        commits. None when it cannot be read (then the caller queries the outbox)."""
+        connection = connections[self.using]
+        if connection.vendor != "sqlite" or connection.in_atomic_block:
+            return None
+        try:
+            connection.ensure_connection()
+            return int(connection.connection.execute("PRAGMA data_version").fetchone()[0])
+        except Exception:
+            return None
 
 
 class _OutboxListener:
@@ -781,17 +801,13 @@ class _OutboxListener:
                 return "reconnected"
             wake.wait(timeout)  # the server is still unreachable: no busy loop
             return "timeout"
-        deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline and not wake.is_set():
-                for _ in self.conn.notifies(timeout=0.05, stop_after=1):
-                    return "notified"
-        except psycopg.Error as exc:
+            return notify.wait_notified(self.conn, wake, timeout)
+        except (psycopg.Error, OSError) as exc:
             logger.warning("powersync: outbox LISTEN connection lost (%s); reconnecting", exc)
             self.close()
             self.conn = None
             return "reconnected" if self._try_connect() else "timeout"
-        return "woken" if wake.is_set() else "timeout"
 
     def _try_connect(self) -> bool:
         import psycopg
