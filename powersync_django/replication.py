@@ -664,7 +664,12 @@ def _in_chunks(qs: Any, fieldname: str, values: Any, size: int = 500) -> Iterato
 
 
 def replicate_now(using: str = "default") -> int:
-    """Replicate everything pending in this thread (tests, commands). Waits for a held lease to expire."""
+    """Replicate everything pending in this thread (tests, commands). Waits for a held lease to expire.
+
+    Also waits out SQLite's "database table is locked": a shared-cache database (Django's in-memory test
+    database) answers a write that meets another connection's running read with it at once, without the busy
+    timeout that covers file databases; the batch was rolled back and is simply retried.
+    """
     replicator = Replicator(using=using, owner=f"sync-{os.getpid()}-{threading.get_ident()}")
     deadline = time.monotonic() + get_config()["LEASE_SECONDS"] + 5
     while True:
@@ -672,7 +677,9 @@ def replicate_now(using: str = "default") -> int:
             n = replicator.drain()
             replicator.release()
             return n
-        except LeaseLost:
+        except (LeaseLost, OperationalError) as exc:
+            if isinstance(exc, OperationalError) and "table is locked" not in str(exc):
+                raise
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.05)
