@@ -21,6 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from . import storage
@@ -31,6 +32,19 @@ logger = logging.getLogger(__name__)
 
 ENTRY_SECONDS = 10.0
 MAX_ENTRIES = 32
+MAX_BATCHES = 1000  # distinct line sequences kept per shared read (sync.SyncSession._replay)
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The lines one stream sent for a shared read, for the streams with the same key: the lines (shared,
+    read-only), per changed bucket held (bucket, checksum/count sent, position) after them, the checkpoint of
+    the diff line (None: no lines) and the ops sent for it."""
+
+    lines: list[dict[str, Any]]
+    effects: tuple[tuple[str, tuple[int, int] | None, int | None], ...]
+    checkpoint_id: int | None
+    ops_sent: int
 
 
 class Shared:
@@ -41,6 +55,7 @@ class Shared:
         self.requested = frozenset(requested)
         self._op_ids = {b: [r[0] for r in rows] for b, rows in read.ops.items()}
         self._rendered: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+        self.batches: dict[tuple, Batch] = {}  # sync.SyncSession._replay's key -> lines
 
     def state_for(self, buckets: list[str], wc_key: str | None) -> storage.CheckpointState | None:
         """The checkpoint as ``storage.read_checkpoint(buckets, at=target, wc_key=wc_key)`` reads it, or None
@@ -93,6 +108,7 @@ class Fanout:
         self.at_cursor: Counter[int] = Counter()  # checkpoint id -> streams whose cursor it is
         self.entries: dict[tuple[int, int], _Entry] = {}
         self.reads = 0  # shared reads started (tests, benchmarks)
+        self.replayed = 0  # line sequences a stream took from another's (sync.SyncSession._replay)
 
     # --- streams --------------------------------------------------------------------------------
 
@@ -136,6 +152,8 @@ class Fanout:
             wc_keys = sorted(k for k in changes.write_checkpoints if self.keys.get(k, 0) > 0)
             entry = self.entries[key] = _Entry(asyncio.create_task(self._read(base, changes.last_id, buckets,
                                                                                 wc_keys)))
+        if entry.task.done():
+            return entry.task.result()
         # Shielded: a stream that closes while waiting must not cancel the read the others wait for.
         return await asyncio.shield(entry.task)
 

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 
@@ -27,7 +28,7 @@ from .auth import TokenClaims
 from .checksums import to_signed
 from .conf import get_config
 from .notify import Changes, get_hub
-from .protocol import ProtocolError, SyncRequest
+from .protocol import ProtocolError, SharedLine, SyncRequest
 from .rules import Rules, get_rules
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ class SyncSession:
         # were read outside it.
         self._shared: fanout.Shared | None = None
         self._own_ops = False
+        # bucket -> its ``subscriptions`` entry as bytes (a key of shared batches), and the batch being recorded.
+        self._reason_keys: dict[str, bytes] = {}
+        self._recording: tuple[fanout.Shared, tuple] | None = None
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -118,6 +122,7 @@ class SyncSession:
                                 details=f"{type(exc).__name__}") from None
         buckets = resolution.buckets
         self.reasons = resolution.reasons
+        self._reason_keys = {}
         if self.streams is None:  # fixed by the first checkpoint: diffs cannot change the stream list
             self.streams = resolution.streams
         if len(buckets) > limit:
@@ -194,22 +199,43 @@ class SyncSession:
                         next_keepalive = time.monotonic() + self.claims.expires_in()
                 continue
             self._base, self.cursor = self.cursor, changes.last_id
+            recording = None
+            if not pending_recheck:
+                if (replayed := await self._replay(changes)) is not None:
+                    self._register()
+                    for out in replayed:
+                        yield out
+                    continue
+                recording = self._recording
             diff = await self._diff(changes, force=pending_recheck)
             self._register()
             pending_recheck = False
             if diff is None:
                 return  # definitions changed: end the stream, the client reconnects
             line, state, to_fetch = diff
+            record: list[dict[str, Any]] | None = [] if recording is not None else None
             if line is None:
+                if recording is not None:
+                    self._record(recording, changes, [])
                 continue
-            yield {"checkpoint_diff": line}
+            out = {"checkpoint_diff": line}
+            if record is not None:
+                out = SharedLine(out)
+                record.append(out)
+            yield out
             async for out in self._checkpoint_data(state, to_fetch):
                 if out is _INVALIDATED:
                     pending_recheck = True
+                    record = None
                 elif out is _ENDED:
                     return
                 else:
+                    if record is not None:
+                        out = SharedLine(out)
+                        record.append(out)
                     yield out
+            if record is not None:
+                self._record(recording, changes, record)
 
     def _register(self, buckets: Any = None, move: bool = True) -> None:
         """Tell the process's shared reads which buckets this stream holds and (``move``) where its cursor is.
@@ -241,6 +267,66 @@ class SyncSession:
 
     def _keepalive_interval(self) -> float:
         return float(self.config["KEEPALIVE_SECONDS"])
+
+    async def _replay(self, changes: Changes) -> list[dict[str, Any]] | None:
+        """This stream's lines for ``changes`` when another stream with the same view of them already produced
+        them from the same shared read (their effects on this stream applied); None: compute them.
+
+        Lines from one shared read depend only on the changed buckets this stream holds (with their priority
+        and subscriptions), what it last sent of them (checksum, count, position) and its write checkpoint;
+        streams that agree on these send the same lines (:class:`~powersync_django.protocol.SharedLine`:
+        encoded once). The first of them records the lines (``_recording``, :meth:`_record`) when they came
+        from the shared read alone; a stream the changes do not touch gets no lines without a read at all.
+        """
+        self._recording = None
+        if (self._fanout is None or self.unfinished or changes.buckets is None
+                or self.checkpoint_id > changes.last_id or changes.touches_key(self.wc_key)
+                or changes.touches_models(self.watch)):
+            return None
+        changed = changes.buckets
+        candidates = [b for b in self.entitled if b in changed]
+        if not candidates:
+            return []  # what _diff answers: nothing changed for this stream
+        shared = await self._fanout.read(self._base, changes)
+        if shared is None:
+            return None
+        reason_keys, entitled, sent, positions = self._reason_keys, self.entitled, self.sent, self.positions
+        key = (self.write_checkpoint, tuple(
+            (b, entitled[b][1], reason_keys.get(b) or self._reason_key(b), sent.get(b), positions.get(b, 0))
+            for b in candidates))
+        batch = shared.batches.get(key)
+        if batch is None:
+            if len(shared.batches) < fanout.MAX_BATCHES:
+                self._recording = (shared, key)
+            return None
+        for b, b_sent, b_position in batch.effects:
+            if b_sent is None:
+                sent.pop(b, None)
+            else:
+                sent[b] = b_sent
+            if b_position is None:
+                positions.pop(b, None)
+            else:
+                positions[b] = b_position
+        if batch.checkpoint_id is not None:
+            self.checkpoint_id = batch.checkpoint_id
+            self.ops_sent = batch.ops_sent
+        self._shared, self._own_ops = shared, False
+        self._fanout.replayed += 1
+        return batch.lines
+
+    def _reason_key(self, bucket: str) -> bytes:
+        key = self._reason_keys[bucket] = orjson.dumps(self.reasons.get(bucket, []))
+        return key
+
+    def _record(self, recording: tuple[fanout.Shared, tuple], changes: Changes, lines: list[dict[str, Any]]) -> None:
+        """Keep the lines just sent for ``changes`` for the streams with the same key (:meth:`_replay`), if they
+        came from the shared read alone and were sent whole (not interrupted, nothing left owed)."""
+        shared, key = recording
+        if self._shared is not shared or self._own_ops or self.unfinished or self.cursor != changes.last_id:
+            return
+        effects = tuple((b, self.sent.get(b), self.positions.get(b)) for b, *_ in key[1])
+        shared.batches[key] = fanout.Batch(lines, effects, self.checkpoint_id if lines else None, self.ops_sent)
 
     def _bucket_entry(self, bucket: str, state: storage.CheckpointState) -> dict[str, Any]:
         cs = state.buckets.get(bucket)

@@ -26,7 +26,7 @@ from .protocol import (
     check_client_id,
     encode_bson,
     encode_ndjson,
-    nest_row_data,
+    encode_ndjson_nested,
     parse_checkpoint_request,
     parse_json_request,
     prefers_bson,
@@ -191,12 +191,7 @@ async def prepare_stream(claims: TokenClaims, body: bytes, accept: str, accept_e
         raise
 
     bson = prefers_bson(accept)
-    encode = encode_bson if bson else encode_ndjson
-    if not sync_request.raw_data and not bson:
-        plain = encode
-
-        def encode(line: dict[str, Any]) -> bytes:
-            return plain(nest_row_data(line))
+    encode = encode_bson if bson else encode_ndjson if sync_request.raw_data else encode_ndjson_nested
 
     gzip = "gzip" in accept_encoding.lower()
     # Exactly the BSON MIME type, without a charset: clients compare it literally.
