@@ -41,9 +41,15 @@ def main() -> None:
                              "NDJSON by the client (lines: the first version of this benchmark)")
     parser.add_argument("--py-spy", default="", metavar="OUT.json",
                         help="profile the changes (not the opening) with py-spy into a speedscope file")
+    parser.add_argument("--gc-threshold", type=int, default=0, metavar="N",
+                        help="gc.set_threshold(N): collect the young generation every N allocations, not 700")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() once the streams are open (their objects leave the collector's scans)")
     args = parser.parse_args()
+    if args.gc_threshold:
+        import gc
+
+        gc.set_threshold(args.gc_threshold)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update({"DATABASE_URL": args.database_url or f"sqlite:///{tmp}/fanout.sqlite3",
                            "DJANGO_SETTINGS_MODULE": "demo_project.settings", "POWERSYNC_LOG_LEVEL": "WARNING",

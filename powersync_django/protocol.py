@@ -240,6 +240,12 @@ def encode_bson(line: dict[str, Any]) -> bytes:
     return bson.encode(line)
 
 
+# The name of each encoding (the key of a shared line's cached bytes).
+ENCODING_KIND: dict[Callable[[dict[str, Any]], bytes], str] = {
+    encode_ndjson: "ndjson", encode_ndjson_nested: "ndjson-nested", encode_bson: "bson",
+}
+
+
 def nest_row_data(line: dict[str, Any]) -> dict[str, Any]:
     """For legacy clients (``raw_data: false``): row data as nested objects instead of JSON strings.
 
