@@ -32,7 +32,10 @@ logger = logging.getLogger(__name__)
 
 ENTRY_SECONDS = 10.0
 MAX_ENTRIES = 32
-MAX_BATCHES = 1000  # distinct line sequences kept per shared read (sync.SyncSession._replay)
+# Line sequences kept per shared read for other streams to replay (sync.SyncSession._replay): at most this
+# many, holding at most BATCH_OPS_FACTOR * SHARED_READ_MAX_OPS ops in all (their lines and encodings).
+MAX_BATCHES = 1000
+BATCH_OPS_FACTOR = 2
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,14 @@ class Shared:
         self._op_ids = {b: [r[0] for r in rows] for b, rows in read.ops.items()}
         self._rendered: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
         self.batches: dict[tuple, Batch] = {}  # sync.SyncSession._replay's key -> lines
+        self.batch_ops = 0  # ops in them
+
+    def keep(self, key: tuple, batch: Batch) -> None:
+        """Keep ``batch`` for the streams with ``key``, unless that would exceed the bounds."""
+        limit = BATCH_OPS_FACTOR * get_config()["SHARED_READ_MAX_OPS"]
+        if len(self.batches) < MAX_BATCHES and self.batch_ops + batch.ops_sent <= limit:
+            self.batches[key] = batch
+            self.batch_ops += batch.ops_sent
 
     def state_for(self, buckets: list[str], wc_key: str | None) -> storage.CheckpointState | None:
         """The checkpoint as ``storage.read_checkpoint(buckets, at=target, wc_key=wc_key)`` reads it, or None

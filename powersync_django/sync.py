@@ -352,7 +352,8 @@ class SyncSession:
         if self._shared is not shared or self._own_ops or self.unfinished or self.cursor != last_id:
             return
         effects = tuple((b, self.sent.get(b), self.positions.get(b)) for b, *_ in key[1])
-        shared.batches[key] = fanout.Batch(lines, effects, self.checkpoint_id if lines else None, self.ops_sent)
+        shared.keep(key, fanout.Batch(lines, effects, self.checkpoint_id if lines else None,
+                                      self.ops_sent if lines else 0))
 
     def _bucket_entry(self, bucket: str, state: storage.CheckpointState) -> dict[str, Any]:
         cs = state.buckets.get(bucket)

@@ -327,3 +327,15 @@ def test_a_change_reaches_2000_streams_with_a_bounded_number_of_reads(monkeypatc
 def test_bounded_reads_do_not_depend_on_the_number_of_streams(monkeypatch):  # noqa: F811
     got, reads, shared, _ = _fanout_run(monkeypatch, 20)
     assert (got, reads, shared) == (20, 1, 1)
+
+
+def test_batches_kept_for_replay_are_bounded_in_number_and_ops():
+    read = storage.SharedRead(storage.CheckpointState(10, 1, {}, 3, None, 0), {}, {}, {}, {})
+    with override_settings(POWERSYNC={**settings.POWERSYNC, "SHARED_READ_MAX_OPS": 100}):
+        shared = fanout.Shared(read, [])
+        for i in range(150):  # 30 ops each: at most twice SHARED_READ_MAX_OPS in all
+            shared.keep(("big", i), fanout.Batch([], (), 3, 30))
+        assert len(shared.batches) == 6 and shared.batch_ops == 180
+        for i in range(2 * fanout.MAX_BATCHES):  # no lines: no ops, but a bounded number
+            shared.keep(("empty", i), fanout.Batch([], (), None, 0))
+        assert len(shared.batches) == fanout.MAX_BATCHES
