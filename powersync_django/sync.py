@@ -23,7 +23,7 @@ import orjson
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 
-from . import executors, fanout, storage, streams
+from . import executors, fanout, storage, streams, waiting
 from .auth import TokenClaims
 from .checksums import to_signed
 from .conf import get_config
@@ -174,7 +174,7 @@ class SyncSession:
                     # All buckets as of the newest checkpoint (compacted past the one withheld, which is older).
                     changes = Changes.everything(max(self.cursor, self.hub.latest_id))
                 else:
-                    changes = await self.hub.wait_changes(self.cursor, wait)
+                    changes = await waiting.of(self.hub).wait_changes(self.cursor, wait)
                 if changes is None:
                     if time.monotonic() >= next_keepalive or 0 < self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
                         if self.keepalive or self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
