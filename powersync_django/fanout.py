@@ -104,9 +104,30 @@ class Shared:
 
 
 class _Entry:
+    """A shared read under way or done, and the streams waiting for it.
+
+    Each waiting stream awaits a future of its own, resolved when the read is done: a stream that closes while
+    waiting cancels only that (never the read the others wait for), at the cost of one future per stream
+    (``asyncio.shield`` would cost a future, two closures and callbacks)."""
+
     def __init__(self, task: asyncio.Task) -> None:
         self.task = task
         self.created = time.monotonic()
+        self.waiters: list[asyncio.Future] = []
+        task.add_done_callback(self._done)
+
+    def _done(self, _task: asyncio.Task) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def result(self) -> Shared | None:
+        if not self.task.done():
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            await waiter
+        return self.task.result()
 
 
 class Fanout:
@@ -163,10 +184,7 @@ class Fanout:
             wc_keys = sorted(k for k in changes.write_checkpoints if self.keys.get(k, 0) > 0)
             entry = self.entries[key] = _Entry(asyncio.create_task(self._read(base, changes.last_id, buckets,
                                                                                 wc_keys)))
-        if entry.task.done():
-            return entry.task.result()
-        # Shielded: a stream that closes while waiting must not cancel the read the others wait for.
-        return await asyncio.shield(entry.task)
+        return await entry.result()
 
     async def _read(self, base: int, target: int, buckets: list[str], wc_keys: list[str]) -> Shared | None:
         self.reads += 1

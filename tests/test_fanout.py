@@ -339,3 +339,24 @@ def test_batches_kept_for_replay_are_bounded_in_number_and_ops():
         for i in range(2 * fanout.MAX_BATCHES):  # no lines: no ops, but a bounded number
             shared.keep(("empty", i), fanout.Batch([], (), None, 0))
         assert len(shared.batches) == fanout.MAX_BATCHES
+
+
+def test_a_stream_closing_while_it_waits_for_a_shared_read_does_not_cancel_it():
+    async def run():
+        release = asyncio.Event()
+
+        async def read() -> str:
+            await release.wait()
+            return "shared"
+
+        entry = fanout._Entry(asyncio.create_task(read()))
+        leaves, stays = asyncio.create_task(entry.result()), asyncio.create_task(entry.result())
+        await asyncio.sleep(0.01)
+        leaves.cancel()
+        await asyncio.gather(leaves, return_exceptions=True)
+        release.set()
+        assert await asyncio.wait_for(stays, 5) == "shared"
+        assert leaves.cancelled() and not entry.task.cancelled() and entry.waiters == []
+        assert await entry.result() == "shared"  # done: no waiting
+
+    asyncio.run(run())
