@@ -22,6 +22,7 @@ import sys
 import tempfile
 import threading
 import time
+import zlib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -34,9 +35,21 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--changes", type=int, default=7)
     parser.add_argument("--compare", action="store_true", help="also run with each stream reading its own")
+    parser.add_argument("--transport", default="ndjson", choices=TRANSPORTS,
+                        help="what each in-process client consumes: the HTTP body (ndjson, bson, with gzip), "
+                             "the WebSocket path's frames (websocket), or the session's line dicts encoded to "
+                             "NDJSON by the client (lines: the first version of this benchmark)")
+    parser.add_argument("--py-spy", default="", metavar="OUT.json",
+                        help="profile the changes (not the opening) with py-spy into a speedscope file")
+    parser.add_argument("--gc-threshold", type=int, default=0, metavar="N",
+                        help="gc.set_threshold(N): collect the young generation every N allocations, not 700")
     parser.add_argument("--gc-freeze", action="store_true",
                         help="gc.freeze() once the streams are open (their objects leave the collector's scans)")
     args = parser.parse_args()
+    if args.gc_threshold:
+        import gc
+
+        gc.set_threshold(args.gc_threshold)
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.update({"DATABASE_URL": args.database_url or f"sqlite:///{tmp}/fanout.sqlite3",
                            "DJANGO_SETTINGS_MODULE": "demo_project.settings", "POWERSYNC_LOG_LEVEL": "WARNING",
@@ -51,8 +64,8 @@ def main() -> None:
             call_command("flush", interactive=False, verbosity=0)
         call_command("migrate", verbosity=0)
         for shared in ([True, False] if args.compare else [True]):
-            result = run(args.streams, args.changes, shared, args.gc_freeze)
-            print(f"{connection.vendor}, {args.streams} streams, {'shared reads' if shared else 'own reads'}: "
+            result = run(args.streams, args.changes, shared, args.transport, args.gc_freeze, args.py_spy)
+            print(f"{connection.vendor}, {args.transport}, {args.streams} streams, {'shared reads' if shared else 'own reads'}: "
                   f"{result}", flush=True)
 
 
@@ -76,9 +89,26 @@ class QueryCounter:
 
 
 COUNTER: QueryCounter | None = None
+TRANSPORTS = ("ndjson", "ndjson-gzip", "bson", "bson-gzip", "websocket", "lines")
 
 
-def run(n: int, changes: int, shared: bool, freeze: bool = False) -> str:
+def py_spy(out: str):
+    """Start py-spy on this process (speedscope output to ``out``); returns a function that stops it."""
+    import signal
+    import subprocess
+
+    spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "speedscope",
+                            "-r", "100", "-o", out, "--pid", str(os.getpid())], stdout=subprocess.DEVNULL)
+    time.sleep(1.0)  # attached
+
+    def stop() -> None:
+        spy.send_signal(signal.SIGINT)
+        spy.wait(60)
+
+    return stop
+
+
+def run(n: int, changes: int, shared: bool, transport: str, freeze: bool = False, profile: str = "") -> str:
     import orjson
     from asgiref.sync import sync_to_async
     from django.conf import settings
@@ -86,11 +116,13 @@ def run(n: int, changes: int, shared: bool, freeze: bool = False) -> str:
     from django.test import override_settings
 
     from demo_project.todos.models import Todo, TodoList
-    from powersync_django import notify, storage
+    from powersync_django import metrics, notify, storage, views
     from powersync_django.auth import TokenClaims
-    from powersync_django.protocol import SyncRequest
+    from powersync_django.protocol import SyncRequest, encode_bson
     from powersync_django.replication import replicate_now
+    from powersync_django.rsocket import payload_next
     from powersync_django.sync import SyncSession
+    from powersync_django.tracking import StreamTracker
 
     global COUNTER
     COUNTER = COUNTER or QueryCounter()
@@ -116,22 +148,40 @@ def run(n: int, changes: int, shared: bool, freeze: bool = False) -> str:
         got: dict[str, int] = {}
         reached: dict[int, int] = {}
         progress = asyncio.Event()
+        current: list = [b"", ""]  # the description of the change under way (bytes, str)
+
+        def arrived(i: int, chunk: bytes) -> None:
+            if b"checkpoint_complete" in chunk:
+                completes[i] += 1
+                reached[completes[i]] = reached.get(completes[i], 0) + 1
+                progress.set()
+            elif current[0] and current[0] in chunk and current[1] not in arrivals[i]:
+                arrivals[i][current[1]] = time.perf_counter()
+                got[current[1]] = got.get(current[1], 0) + 1
+                progress.set()
 
         async def consume(i: int, session: SyncSession) -> None:
-            async for line in session.lines():
-                orjson.dumps(line) + b"\n"  # the encoding each stream does for its client
-                if "checkpoint_complete" in line:
-                    completes[i] += 1
-                    reached[completes[i]] = reached.get(completes[i], 0) + 1
-                    progress.set()
-                elif "data" in line:
-                    now = time.perf_counter()
-                    for op in line["data"]["data"]:
-                        desc = orjson.loads(op["data"]).get("description") if op.get("data") else None
-                        if desc is not None and desc not in arrivals[i]:
-                            arrivals[i][desc] = now
-                            got[desc] = got.get(desc, 0) + 1
-                    progress.set()
+            if transport == "lines":  # the behaviour of the first version of this benchmark
+                async for line in session.lines():
+                    orjson.dumps(line) + b"\n"  # the encoding each stream does for its client
+                    if "checkpoint_complete" in line:
+                        arrived(i, b"checkpoint_complete")
+                    elif "data" in line:
+                        for op in line["data"]["data"]:
+                            if op.get("data") and orjson.loads(op["data"]).get("description") == current[1]:
+                                arrived(i, current[0])
+                return
+            if transport == "websocket":  # consumers.py's per-line work: BSON, one RSocket PAYLOAD frame
+                tracker = StreamTracker(session, metrics.WEBSOCKET)
+                async for line in tracker.lines(session.lines()):
+                    payload = encode_bson(line)
+                    frame = payload_next(1, payload).encode()
+                    tracker.sent(len(payload))
+                    arrived(i, frame)
+                return
+            inflate = zlib.decompressobj(31) if transport.endswith("gzip") else None
+            async for chunk in session.chunks():  # the HTTP response body (views.prepare_stream)
+                arrived(i, chunk if inflate is None else inflate.decompress(chunk))
 
         async def until(condition, seconds: float = 300) -> None:
             async with asyncio.timeout(seconds):
@@ -142,9 +192,15 @@ def run(n: int, changes: int, shared: bool, freeze: bool = False) -> str:
         claims = TokenClaims(owner, time.time() + 7200, {"sub": owner})
         started = time.perf_counter()
         tasks = []
+        accept = "application/vnd.powersync.bson-stream" if transport.startswith("bson") else "application/x-ndjson"
+        encoding = "gzip" if transport.endswith("gzip") else ""
         for i in range(n):
-            session = SyncSession(claims, SyncRequest(client_id=f"c{i}"))
-            await session.prepare()
+            if transport in ("lines", "websocket"):
+                session = SyncSession(claims, SyncRequest(client_id=f"c{i}"))
+                await session.prepare()
+            else:
+                session = await views.prepare_stream(claims, orjson.dumps({"client_id": f"c{i}", "raw_data": True}),
+                                                     accept, encoding)
             tasks.append(asyncio.create_task(consume(i, session)))
         await until(lambda: reached.get(1, 0) >= n)
         opened = time.perf_counter() - started
@@ -153,8 +209,10 @@ def run(n: int, changes: int, shared: bool, freeze: bool = False) -> str:
 
             gc.freeze()
         p50s, p99s, lasts, queries, replicated = [], [], [], [], []
+        stop = py_spy(profile) if profile else None
         for k in range(changes):
-            desc = f"change {k}"
+            desc = f"change <{k}>"
+            current[:] = [desc.encode(), desc]
             COUNTER.count = 0
             committed = await in_thread(lambda d=desc: (Todo.objects.create(list=lst, description=d),
                                                         time.perf_counter())[1])()
@@ -168,6 +226,8 @@ def run(n: int, changes: int, shared: bool, freeze: bool = False) -> str:
             await until(lambda kk=k: reached.get(kk + 2, 0) >= n)
             queries.append(COUNTER.count)
             await asyncio.sleep(0.2)
+        if stop is not None:
+            stop()
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -180,7 +240,8 @@ def run(n: int, changes: int, shared: bool, freeze: bool = False) -> str:
                 f"last {statistics.median(lasts):.0f} ms (replicated after {statistics.median(replicated):.0f} ms); stream read queries per change "
                 f"{statistics.median(queries):.0f} (p50 per change: {', '.join(f'{x:.0f}' for x in p50s)})")
 
-    with override_settings(POWERSYNC={**settings.POWERSYNC, "SHARED_READS": shared}):
+    with override_settings(POWERSYNC={**settings.POWERSYNC, "SHARED_READS": shared, "MAX_CONCURRENT_STREAMS": n + 10,
+                                      "MAX_STREAMS_PER_USER": None}):
         out = asyncio.run(main())
     storage.shutdown()
     return out

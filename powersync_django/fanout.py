@@ -21,6 +21,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from . import storage
@@ -31,6 +32,22 @@ logger = logging.getLogger(__name__)
 
 ENTRY_SECONDS = 10.0
 MAX_ENTRIES = 32
+# Line sequences kept per shared read for other streams to replay (sync.SyncSession._replay): at most this
+# many, holding at most BATCH_OPS_FACTOR * SHARED_READ_MAX_OPS ops in all (their lines and encodings).
+MAX_BATCHES = 1000
+BATCH_OPS_FACTOR = 2
+
+
+@dataclass(frozen=True)
+class Batch:
+    """The lines one stream sent for a shared read, for the streams with the same key: the lines (shared,
+    read-only), per changed bucket held (bucket, checksum/count sent, position) after them, the checkpoint of
+    the diff line (None: no lines) and the ops sent for it."""
+
+    lines: list[dict[str, Any]]
+    effects: tuple[tuple[str, tuple[int, int] | None, int | None], ...]
+    checkpoint_id: int | None
+    ops_sent: int
 
 
 class Shared:
@@ -41,6 +58,15 @@ class Shared:
         self.requested = frozenset(requested)
         self._op_ids = {b: [r[0] for r in rows] for b, rows in read.ops.items()}
         self._rendered: dict[tuple[str, int, int], list[dict[str, Any]]] = {}
+        self.batches: dict[tuple, Batch] = {}  # sync.SyncSession._replay's key -> lines
+        self.batch_ops = 0  # ops in them
+
+    def keep(self, key: tuple, batch: Batch) -> None:
+        """Keep ``batch`` for the streams with ``key``, unless that would exceed the bounds."""
+        limit = BATCH_OPS_FACTOR * get_config()["SHARED_READ_MAX_OPS"]
+        if len(self.batches) < MAX_BATCHES and self.batch_ops + batch.ops_sent <= limit:
+            self.batches[key] = batch
+            self.batch_ops += batch.ops_sent
 
     def state_for(self, buckets: list[str], wc_key: str | None) -> storage.CheckpointState | None:
         """The checkpoint as ``storage.read_checkpoint(buckets, at=target, wc_key=wc_key)`` reads it, or None
@@ -78,9 +104,30 @@ class Shared:
 
 
 class _Entry:
+    """A shared read under way or done, and the streams waiting for it.
+
+    Each waiting stream awaits a future of its own, resolved when the read is done: a stream that closes while
+    waiting cancels only that (never the read the others wait for), at the cost of one future per stream
+    (``asyncio.shield`` would cost a future, two closures and callbacks)."""
+
     def __init__(self, task: asyncio.Task) -> None:
         self.task = task
         self.created = time.monotonic()
+        self.waiters: list[asyncio.Future] = []
+        task.add_done_callback(self._done)
+
+    def _done(self, _task: asyncio.Task) -> None:
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def result(self) -> Shared | None:
+        if not self.task.done():
+            waiter = asyncio.get_running_loop().create_future()
+            self.waiters.append(waiter)
+            await waiter
+        return self.task.result()
 
 
 class Fanout:
@@ -93,6 +140,7 @@ class Fanout:
         self.at_cursor: Counter[int] = Counter()  # checkpoint id -> streams whose cursor it is
         self.entries: dict[tuple[int, int], _Entry] = {}
         self.reads = 0  # shared reads started (tests, benchmarks)
+        self.replayed = 0  # line sequences a stream took from another's (sync.SyncSession._replay)
 
     # --- streams --------------------------------------------------------------------------------
 
@@ -136,8 +184,7 @@ class Fanout:
             wc_keys = sorted(k for k in changes.write_checkpoints if self.keys.get(k, 0) > 0)
             entry = self.entries[key] = _Entry(asyncio.create_task(self._read(base, changes.last_id, buckets,
                                                                                 wc_keys)))
-        # Shielded: a stream that closes while waiting must not cancel the read the others wait for.
-        return await asyncio.shield(entry.task)
+        return await entry.result()
 
     async def _read(self, base: int, target: int, buckets: list[str], wc_keys: list[str]) -> Shared | None:
         self.reads += 1

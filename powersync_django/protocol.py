@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -196,19 +196,63 @@ def prefers_bson(accept: str) -> bool:
     return best is not None and best[1] == BSON_STREAM and best[0] > 0
 
 
-def encode_ndjson(line: dict[str, Any]) -> bytes:
+class SharedLine(dict):
+    """A sync line that many streams send unchanged (the shared fan-out path, sync.py): each encoding of it is
+    computed once, by the first stream that sends it. Read-only once built."""
+
+    __slots__ = ("_encoded",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._encoded: dict[str, bytes] = {}
+
+    def encoded(self, kind: str, encode: Callable[[dict[str, Any]], bytes]) -> bytes:
+        out = self._encoded.get(kind)
+        if out is None:
+            out = self._encoded[kind] = encode(self)
+        return out
+
+
+def _ndjson(line: dict[str, Any]) -> bytes:
     return orjson.dumps(line) + b"\n"
 
 
+def _ndjson_nested(line: dict[str, Any]) -> bytes:
+    return orjson.dumps(nest_row_data(line)) + b"\n"
+
+
+def encode_ndjson(line: dict[str, Any]) -> bytes:
+    if type(line) is SharedLine:
+        return line.encoded("ndjson", _ndjson)
+    return orjson.dumps(line) + b"\n"
+
+
+def encode_ndjson_nested(line: dict[str, Any]) -> bytes:
+    """NDJSON for legacy clients (``raw_data: false``): row data as nested objects (:func:`nest_row_data`)."""
+    if type(line) is SharedLine:
+        return line.encoded("ndjson-nested", _ndjson_nested)
+    return _ndjson_nested(line)
+
+
 def encode_bson(line: dict[str, Any]) -> bytes:
+    if type(line) is SharedLine:
+        return line.encoded("bson", bson.encode)
     return bson.encode(line)
 
 
+# The name of each encoding (the key of a shared line's cached bytes).
+ENCODING_KIND: dict[Callable[[dict[str, Any]], bytes], str] = {
+    encode_ndjson: "ndjson", encode_ndjson_nested: "ndjson-nested", encode_bson: "bson",
+}
+
+
 def nest_row_data(line: dict[str, Any]) -> dict[str, Any]:
-    """For legacy clients (``raw_data: false``): row data as nested objects instead of JSON strings."""
+    """For legacy clients (``raw_data: false``): row data as nested objects instead of JSON strings.
+
+    Returns a new line when it changes anything; ``line`` itself is left as it is (other streams may send it)."""
     data = line.get("data")
-    if isinstance(data, dict):
-        for entry in data.get("data", ()):
-            if isinstance(entry.get("data"), str):
-                entry["data"] = orjson.loads(entry["data"])
-    return line
+    if not isinstance(data, dict) or not any(isinstance(e.get("data"), str) for e in data.get("data", ())):
+        return line
+    entries = [{**e, "data": orjson.loads(e["data"])} if isinstance(e.get("data"), str) else e
+               for e in data["data"]]
+    return {**line, "data": {**data, "data": entries}}

@@ -19,15 +19,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import DataError
 
-from . import executors, fanout, storage, streams
+from . import executors, fanout, storage, streams, waiting
 from .auth import TokenClaims
 from .checksums import to_signed
 from .conf import get_config
 from .notify import Changes, get_hub
-from .protocol import ProtocolError, SyncRequest
+from .protocol import ProtocolError, SharedLine, SyncRequest
 from .rules import Rules, get_rules
 
 logger = logging.getLogger(__name__)
@@ -80,11 +81,17 @@ class SyncSession:
         self.hub = None
         # The process's shared reads (fanout.py): what this stream holds is registered there while it runs.
         self._fanout: fanout.Fanout | None = None
-        self._registered: tuple[frozenset[str], int] | None = None  # (buckets, cursor) as registered
+        # Buckets and cursor as registered, and the dict the buckets were taken from.
+        self._registered: frozenset[str] | None = None
+        self._registered_from: Any = None
+        self._registered_cursor = 0
         # The shared read the current diff is served from (None: this stream's own reads), and whether ops
         # were read outside it.
         self._shared: fanout.Shared | None = None
         self._own_ops = False
+        # bucket -> its ``subscriptions`` entry as bytes (a key of shared batches), and the batch being recorded.
+        self._reason_keys: dict[str, bytes] = {}
+        self._recording: tuple[fanout.Shared, tuple] | None = None
 
     # --- setup ---------------------------------------------------------------------------------
 
@@ -118,6 +125,7 @@ class SyncSession:
                                 details=f"{type(exc).__name__}") from None
         buckets = resolution.buckets
         self.reasons = resolution.reasons
+        self._reason_keys = {}
         if self.streams is None:  # fixed by the first checkpoint: diffs cannot change the stream list
             self.streams = resolution.streams
         if len(buckets) > limit:
@@ -132,23 +140,79 @@ class SyncSession:
     # --- lines ---------------------------------------------------------------------------------
 
     async def lines(self) -> AsyncIterator[dict[str, Any]]:
-        """Yield sync lines until the token expires, the definitions change or the consumer stops."""
+        """Yield sync lines until the token expires, the definitions change or the consumer stops.
+
+        Each stream waits for changes here with as little as possible kept alive meanwhile (the lines and reads
+        of one change are locals of :meth:`_first` / :meth:`_changed`): with thousands of streams, whatever
+        each keeps from one change to the next outlives the young GC generations, and the full collections
+        this triggers are what a change costs them."""
         if self.claims.expires_in() <= 0:
             yield {"token_expires_in": 0}
             return
         if self.hub is None:
             await self.prepare()
         try:
-            async for line in self._lines():
-                yield line
+            pending_recheck = False
+            async for out in self._first():
+                if out is _INVALIDATED:
+                    pending_recheck = True
+                elif out is _ENDED:
+                    return
+                else:
+                    yield out
+            out = None
+            next_keepalive = time.monotonic() + self._keepalive_interval()
+            while True:
+                expires_in = self.claims.expires_in()
+                if expires_in <= 0:
+                    yield {"token_expires_in": 0}
+                    return
+                now = time.monotonic()
+                wait = max(0.0, min(next_keepalive - now, expires_in - EXPIRY_WARNING_SECONDS
+                                    if expires_in > EXPIRY_WARNING_SECONDS else expires_in))
+                if pending_recheck:
+                    # All buckets as of the newest checkpoint (compacted past the one withheld, which is older).
+                    changes = Changes.everything(max(self.cursor, self.hub.latest_id))
+                else:
+                    changes = await waiting.of(self.hub).wait_changes(self.cursor, wait)
+                if changes is None:
+                    if time.monotonic() >= next_keepalive or 0 < self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
+                        if self.keepalive or self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
+                            yield {"token_expires_in": max(0, self.claims.expires_in())}
+                        next_keepalive = time.monotonic() + self._keepalive_interval()
+                        if 0 < self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
+                            # Warned once; next wake-up is the expiry itself.
+                            next_keepalive = time.monotonic() + self.claims.expires_in()
+                    continue
+                self._base, self.cursor = self.cursor, changes.last_id
+                if not pending_recheck:
+                    replayed = await self._replay(changes)
+                    if replayed is not None:
+                        changes = None
+                        self._register()
+                        for out in replayed:
+                            yield out
+                        out = replayed = None
+                        continue
+                force, pending_recheck = pending_recheck, False
+                async for out in self._changed(changes, force):
+                    if out is _INVALIDATED:
+                        pending_recheck = True
+                    elif out is _ENDED:
+                        return
+                    else:
+                        yield out
+                changes = out = None
         finally:
             self._unregister()
 
-    async def _lines(self) -> AsyncIterator[dict[str, Any]]:
+    async def _first(self) -> AsyncIterator[Any]:
+        """The full checkpoint line and its data (``_INVALIDATED`` / ``_ENDED`` passed on)."""
         # One snapshot: bucket checksums and the write checkpoint of the same checkpoint (a write is never
         # acknowledged before the data containing it).
         state = await storage.run(storage.read_checkpoint, sorted(self.entitled), self.using, wc_key=self.wc_key)
         if state.rules_version != self.version:
+            yield _ENDED
             return
         self.write_checkpoint = state.write_checkpoint or 0
         self.checkpoint_id = state.checkpoint_id
@@ -161,55 +225,41 @@ class SyncSession:
         # Buckets the client holds but may not have: it deletes them when they are missing above.
         self.positions = {b: p for b, p in self.positions.items() if b in self.entitled}
         self._register()
-        pending_recheck = False
         async for out in self._checkpoint_data(state, list(self.entitled)):
-            if out is _INVALIDATED:
-                pending_recheck = True
-            elif out is _ENDED:
-                return
-            else:
-                yield out
+            yield out
 
-        next_keepalive = time.monotonic() + self._keepalive_interval()
-        while True:
-            expires_in = self.claims.expires_in()
-            if expires_in <= 0:
-                yield {"token_expires_in": 0}
-                return
-            now = time.monotonic()
-            wait = max(0.0, min(next_keepalive - now, expires_in - EXPIRY_WARNING_SECONDS
-                                if expires_in > EXPIRY_WARNING_SECONDS else expires_in))
-            if pending_recheck:
-                # All buckets as of the newest checkpoint (compacted past the one withheld, which is older).
-                changes = Changes.everything(max(self.cursor, self.hub.latest_id))
-            else:
-                changes = await self.hub.wait_changes(self.cursor, wait)
-            if changes is None:
-                if time.monotonic() >= next_keepalive or 0 < self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
-                    if self.keepalive or self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
-                        yield {"token_expires_in": max(0, self.claims.expires_in())}
-                    next_keepalive = time.monotonic() + self._keepalive_interval()
-                    if 0 < self.claims.expires_in() <= EXPIRY_WARNING_SECONDS:
-                        # Warned once; next wake-up is the expiry itself.
-                        next_keepalive = time.monotonic() + self.claims.expires_in()
-                continue
-            self._base, self.cursor = self.cursor, changes.last_id
-            diff = await self._diff(changes, force=pending_recheck)
-            self._register()
-            pending_recheck = False
-            if diff is None:
-                return  # definitions changed: end the stream, the client reconnects
-            line, state, to_fetch = diff
-            if line is None:
-                continue
-            yield {"checkpoint_diff": line}
-            async for out in self._checkpoint_data(state, to_fetch):
-                if out is _INVALIDATED:
-                    pending_recheck = True
-                elif out is _ENDED:
-                    return
-                else:
-                    yield out
+    async def _changed(self, changes: Changes, force: bool) -> AsyncIterator[Any]:
+        """The ``checkpoint_diff`` of ``changes`` (if they change anything here) and its data; recorded for
+        the streams with the same view of them when :meth:`_replay` asked for it (``_INVALIDATED`` /
+        ``_ENDED`` passed on)."""
+        last_id, recording = changes.last_id, None if force else self._recording
+        diff = await self._diff(changes, force=force)
+        del changes
+        self._recording = None
+        self._register()
+        if diff is None:
+            yield _ENDED  # definitions changed: end the stream, the client reconnects
+            return
+        line, state, to_fetch = diff
+        record: list[dict[str, Any]] | None = [] if recording is not None else None
+        if line is None:
+            if recording is not None:
+                self._record(recording, last_id, [])
+            return
+        out: Any = {"checkpoint_diff": line}
+        if record is not None:
+            out = SharedLine(out)
+            record.append(out)
+        yield out
+        async for out in self._checkpoint_data(state, to_fetch):
+            if out is _INVALIDATED:
+                record = None
+            elif record is not None and out is not _ENDED:
+                out = SharedLine(out)
+                record.append(out)
+            yield out
+        if record is not None:
+            self._record(recording, last_id, record)
 
     def _register(self, buckets: Any = None, move: bool = True) -> None:
         """Tell the process's shared reads which buckets this stream holds and (``move``) where its cursor is.
@@ -220,27 +270,90 @@ class SyncSession:
             if not self.config["SHARED_READS"] or self.hub is None:
                 return
             self._fanout = fanout.of(self.hub)
-        held = frozenset(self.entitled if buckets is None else buckets)
+        source = self.entitled if buckets is None else buckets
         if self._registered is None:
+            held = frozenset(source)
             self._fanout.join(held, self.wc_key, self.cursor)
-            self._registered = (held, self.cursor)
+            self._registered, self._registered_from, self._registered_cursor = held, source, self.cursor
             return
-        old_held, cursor = self._registered
-        if held != old_held:
-            self._fanout.hold(old_held, held)
-        if move and cursor != self.cursor:
-            self._fanout.move(cursor, self.cursor)
-            cursor = self.cursor
-        self._registered = (held, cursor)
+        if source is not self._registered_from:  # (a frozenset per change would outlive it: work for the GC)
+            held = frozenset(source)
+            if held != self._registered:
+                self._fanout.hold(self._registered, held)
+                self._registered = held
+            self._registered_from = source
+        if move and self._registered_cursor != self.cursor:
+            self._fanout.move(self._registered_cursor, self.cursor)
+            self._registered_cursor = self.cursor
 
     def _unregister(self) -> None:
         if self._fanout is not None and self._registered is not None:
-            held, cursor = self._registered
-            self._fanout.leave(held, self.wc_key, cursor)
-            self._registered = None
+            self._fanout.leave(self._registered, self.wc_key, self._registered_cursor)
+            self._registered = self._registered_from = None
 
     def _keepalive_interval(self) -> float:
         return float(self.config["KEEPALIVE_SECONDS"])
+
+    async def _replay(self, changes: Changes) -> list[dict[str, Any]] | None:
+        """This stream's lines for ``changes`` when another stream with the same view of them already produced
+        them from the same shared read (their effects on this stream applied); None: compute them.
+
+        Lines from one shared read depend only on the changed buckets this stream holds (with their priority
+        and subscriptions), what it last sent of them (checksum, count, position) and its write checkpoint;
+        streams that agree on these send the same lines (:class:`~powersync_django.protocol.SharedLine`:
+        encoded once). The first of them records the lines (``_recording``, :meth:`_record`) when they came
+        from the shared read alone; a stream the changes do not touch gets no lines without a read at all.
+        """
+        self._recording = None
+        if (self._fanout is None or self.unfinished or changes.buckets is None
+                or self.checkpoint_id > changes.last_id or changes.touches_key(self.wc_key)
+                or changes.touches_models(self.watch)):
+            return None
+        changed = changes.buckets
+        candidates = [b for b in self.entitled if b in changed]
+        if not candidates:
+            return []  # what _diff answers: nothing changed for this stream
+        shared = await self._fanout.read(self._base, changes)
+        if shared is None:
+            return None
+        reason_keys, entitled, sent, positions = self._reason_keys, self.entitled, self.sent, self.positions
+        key = (self.write_checkpoint, tuple(
+            (b, entitled[b][1], reason_keys.get(b) or self._reason_key(b), sent.get(b), positions.get(b, 0))
+            for b in candidates))
+        batch = shared.batches.get(key)
+        if batch is None:
+            if len(shared.batches) < fanout.MAX_BATCHES:
+                self._recording = (shared, key)
+            return None
+        for b, b_sent, b_position in batch.effects:
+            if b_sent is None:
+                sent.pop(b, None)
+            else:
+                sent[b] = b_sent
+            if b_position is None:
+                positions.pop(b, None)
+            else:
+                positions[b] = b_position
+        if batch.checkpoint_id is not None:
+            self.checkpoint_id = batch.checkpoint_id
+            self.ops_sent = batch.ops_sent
+        self._shared, self._own_ops = shared, False
+        self._fanout.replayed += 1
+        return batch.lines
+
+    def _reason_key(self, bucket: str) -> bytes:
+        key = self._reason_keys[bucket] = orjson.dumps(self.reasons.get(bucket, []))
+        return key
+
+    def _record(self, recording: tuple[fanout.Shared, tuple], last_id: int, lines: list[dict[str, Any]]) -> None:
+        """Keep the lines just sent for the changes up to ``last_id`` for the streams with the same key (:meth:`_replay`), if they
+        came from the shared read alone and were sent whole (not interrupted, nothing left owed)."""
+        shared, key = recording
+        if self._shared is not shared or self._own_ops or self.unfinished or self.cursor != last_id:
+            return
+        effects = tuple((b, self.sent.get(b), self.positions.get(b)) for b, *_ in key[1])
+        shared.keep(key, fanout.Batch(lines, effects, self.checkpoint_id if lines else None,
+                                      self.ops_sent if lines else 0))
 
     def _bucket_entry(self, bucket: str, state: storage.CheckpointState) -> dict[str, Any]:
         cs = state.buckets.get(bucket)

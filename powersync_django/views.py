@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import weakref
-import zlib
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from functools import wraps
@@ -17,16 +16,18 @@ from django.views.decorators.csrf import csrf_exempt
 
 from . import db, limits, metrics, ratelimit, storage
 from .auth import AuthError, TokenClaims, parse_authorization_header, verify_token
+from .compression import GzipLines
 from .conf import get_config
 from .executors import Overloaded
 from .protocol import (
     BSON_STREAM,
+    ENCODING_KIND,
     NDJSON,
     ProtocolError,
     check_client_id,
     encode_bson,
     encode_ndjson,
-    nest_row_data,
+    encode_ndjson_nested,
     parse_checkpoint_request,
     parse_json_request,
     prefers_bson,
@@ -191,12 +192,7 @@ async def prepare_stream(claims: TokenClaims, body: bytes, accept: str, accept_e
         raise
 
     bson = prefers_bson(accept)
-    encode = encode_bson if bson else encode_ndjson
-    if not sync_request.raw_data and not bson:
-        plain = encode
-
-        def encode(line: dict[str, Any]) -> bytes:
-            return plain(nest_row_data(line))
+    encode = encode_bson if bson else encode_ndjson if sync_request.raw_data else encode_ndjson_nested
 
     gzip = "gzip" in accept_encoding.lower()
     # Exactly the BSON MIME type, without a charset: clients compare it literally.
@@ -238,19 +234,19 @@ async def sync_stream(request: HttpRequest) -> HttpResponse:
 
 async def _stream(session: SyncSession, encode: Callable[[dict], bytes], gzip: bool,
                   slot: limits.StreamSlot) -> AsyncIterator[bytes]:
-    compressor = zlib.compressobj(get_config()["GZIP_LEVEL"], zlib.DEFLATED, 31) if gzip else None
+    compressor = GzipLines(get_config()["GZIP_LEVEL"], ENCODING_KIND.get(encode)) if gzip else None
     tracker = StreamTracker(session, metrics.HTTP)
     lines = tracker.lines(session.lines())
     try:
         async for line in lines:
             chunk = encode(line)
             if compressor is not None:
-                # A sync flush per line: compressed, yet no line waits for the next one.
-                chunk = compressor.compress(chunk) + compressor.flush(zlib.Z_SYNC_FLUSH)
+                # Flushed per line: compressed, yet no line waits for the next one.
+                chunk = compressor.compress(line, chunk)
             tracker.sent(len(chunk))
             yield chunk
         if compressor is not None:
-            yield compressor.flush(zlib.Z_FINISH)
+            yield compressor.finish()
     except asyncio.CancelledError:
         raise
     except ProtocolError as exc:  # raised mid-stream (e.g. re-resolved parameters no longer fit): end the body

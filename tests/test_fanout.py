@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib
 from collections import Counter
 
 import orjson
@@ -18,7 +19,7 @@ from test_snapshot import FrozenHub
 from test_sync import claims
 
 from demo_project.todos.models import Todo, TodoList
-from powersync_django import fanout, storage
+from powersync_django import fanout, storage, views
 from powersync_django.notify import get_hub
 from powersync_django.protocol import SyncRequest
 from powersync_django.replication import replicate_now
@@ -109,7 +110,8 @@ async def replicated(hub: FrozenHub, change) -> None:
 
 def shared_reads(on: bool):
     return override_settings(POWERSYNC={**settings.POWERSYNC, "SHARED_READS": on, "SHARED_READ_MAX_OPS": 5,
-                                        "OPS_PER_DATA_LINE": 3, "KEEPALIVE_SECONDS": 3600})
+                                        "OPS_PER_DATA_LINE": 3, "KEEPALIVE_SECONDS": 3600,
+                                        "MAX_STREAMS_PER_USER": None})
 
 
 def test_shared_reads_send_the_same_lines_as_own_reads(monkeypatch):  # noqa: F811
@@ -190,6 +192,94 @@ def test_shared_reads_send_the_same_lines_as_own_reads(monkeypatch):  # noqa: F8
     assert counter.calls["read_shared"] == hub_reads
 
 
+TRANSPORTS = [  # (body, Accept, Accept-Encoding); legacy NDJSON (raw_data false) first: it nests row data
+    ({"raw_data": False}, "application/x-ndjson", ""),
+    ({"raw_data": True}, "application/x-ndjson", ""),
+    ({"raw_data": True}, "application/vnd.powersync.bson-stream", ""),
+    ({"raw_data": True}, "application/x-ndjson", "gzip"),
+    ({"raw_data": False}, "application/vnd.powersync.bson-stream", "gzip"),
+]
+
+
+def test_streams_sharing_lines_send_the_bytes_of_their_own_reads(monkeypatch):  # noqa: F811
+    """HTTP bodies in every encoding, of streams that take their lines from each other (one shared read, lines
+    built and encoded once) and of streams reading their own: byte for byte the same, through new ops, a
+    write checkpoint, a paged batch, an update."""
+    lst = TodoList.objects.create(name="first", owner_id="u1")
+    Todo.objects.create(list=lst, description="a")
+    replicate_now()
+    hub = FrozenHub(monkeypatch)
+
+    def steps():
+        def one() -> None:
+            Todo.objects.create(list=lst, description="b")
+
+        def write_checkpoint() -> None:
+            Todo.objects.create(list=lst, description="c")
+            storage.create_write_checkpoint("u1", "shared-0-0")
+            storage.create_write_checkpoint("u1", "own-0-0")
+
+        def big() -> None:
+            for i in range(7):
+                Todo.objects.create(list=lst, description=f"many {i}")
+
+        def update() -> None:
+            todo = Todo.objects.filter(list=lst).first()
+            todo.description = "changed"
+            todo.save()
+
+        return [one, write_checkpoint, big, update]
+
+    async def run() -> tuple[dict, int]:
+        bodies: dict[tuple, bytearray] = {}
+        inflaters: dict[tuple, object] = {}
+        progress = asyncio.Event()
+        tasks = []
+
+        async def consume(key: tuple, prepared) -> None:
+            async for chunk in prepared.chunks():
+                inflate = inflaters.get(key)
+                bodies[key] += inflate.decompress(chunk) if inflate is not None else chunk
+                progress.set()
+
+        for on in (True, False):
+            with shared_reads(on):
+                for t, (body, accept, encoding) in enumerate(TRANSPORTS):
+                    for copy in range(3 if on else 2):
+                        key = ("shared" if on else "own", t, copy)
+                        request = orjson.dumps({**body, "client_id": f"{key[0]}-{t}-{copy}"})
+                        prepared = await views.prepare_stream(claims("u1"), request, accept, encoding)
+                        bodies[key] = bytearray()
+                        if encoding:
+                            inflaters[key] = zlib.decompressobj(31)
+                        tasks.append(asyncio.create_task(consume(key, prepared)))
+
+        async def until(done: int) -> None:
+            async with asyncio.timeout(60):
+                while not all(b.count(b"checkpoint_complete") == done for b in bodies.values()):
+                    progress.clear()
+                    await progress.wait()
+
+        await until(1)
+        for done, step in enumerate(steps(), start=2):
+            await replicated(hub, step)
+            await until(done)
+        replayed = fanout.of(get_hub()).replayed
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return bodies, replayed
+
+    bodies, replayed = asyncio.run(run())
+    for (kind, t, copy), body in bodies.items():
+        if kind == "shared":  # copy 0 of the first transport has a write checkpoint, as its "own" copy 0
+            assert bytes(body) == bytes(bodies[("own", t, min(copy, 1))]), (t, copy)
+    assert b'"description\\":\\"many 6' in bodies[("own", 1, 0)]  # raw: row data as JSON strings
+    assert b'"description":"many 6' in bodies[("own", 0, 0)]  # legacy: nested
+    # All shared streams but the one whose write checkpoint changed take the others' lines, every change.
+    assert replayed >= (3 * len(TRANSPORTS) - 2) * len(steps())
+
+
 def _fanout_run(monkeypatch, n: int) -> tuple[int, int, int, dict]:
     """``n`` streams of one list's bucket, then one change: (streams that got it, reads during the change,
     shared reads, read calls by function)."""
@@ -237,3 +327,36 @@ def test_a_change_reaches_2000_streams_with_a_bounded_number_of_reads(monkeypatc
 def test_bounded_reads_do_not_depend_on_the_number_of_streams(monkeypatch):  # noqa: F811
     got, reads, shared, _ = _fanout_run(monkeypatch, 20)
     assert (got, reads, shared) == (20, 1, 1)
+
+
+def test_batches_kept_for_replay_are_bounded_in_number_and_ops():
+    read = storage.SharedRead(storage.CheckpointState(10, 1, {}, 3, None, 0), {}, {}, {}, {})
+    with override_settings(POWERSYNC={**settings.POWERSYNC, "SHARED_READ_MAX_OPS": 100}):
+        shared = fanout.Shared(read, [])
+        for i in range(150):  # 30 ops each: at most twice SHARED_READ_MAX_OPS in all
+            shared.keep(("big", i), fanout.Batch([], (), 3, 30))
+        assert len(shared.batches) == 6 and shared.batch_ops == 180
+        for i in range(2 * fanout.MAX_BATCHES):  # no lines: no ops, but a bounded number
+            shared.keep(("empty", i), fanout.Batch([], (), None, 0))
+        assert len(shared.batches) == fanout.MAX_BATCHES
+
+
+def test_a_stream_closing_while_it_waits_for_a_shared_read_does_not_cancel_it():
+    async def run():
+        release = asyncio.Event()
+
+        async def read() -> str:
+            await release.wait()
+            return "shared"
+
+        entry = fanout._Entry(asyncio.create_task(read()))
+        leaves, stays = asyncio.create_task(entry.result()), asyncio.create_task(entry.result())
+        await asyncio.sleep(0.01)
+        leaves.cancel()
+        await asyncio.gather(leaves, return_exceptions=True)
+        release.set()
+        assert await asyncio.wait_for(stays, 5) == "shared"
+        assert leaves.cancelled() and not entry.task.cancelled() and entry.waiters == []
+        assert await entry.result() == "shared"  # done: no waiting
+
+    asyncio.run(run())
