@@ -5,7 +5,8 @@ a temporary file by default; on PostgreSQL the given database is flushed). Creat
 and builds storage; then each run commits ``--rows`` demo todos through the captured bulk helper
 (``PowerSyncQuerySet.bulk_create``, one transaction, one outbox entry per todo) and times, from that commit,
 the replicator (in this process, ``replicate_now``: batches of ``REPLICATION_BATCH_SIZE`` until the outbox is
-empty). Each todo is in one bucket (``todos_by_list``; the ``list_todos`` stream shares its buckets), so a
+empty), in wall time and in this process's CPU time (the database server's work is not in the latter; on a
+shared machine the CPU time is the steadier figure). Each todo is in one bucket (``todos_by_list``; the ``list_todos`` stream shares its buckets), so a
 run writes one op per row. Prints each run and the medians: insert time, replication time and rows/s.
 """
 
@@ -60,7 +61,7 @@ def main() -> None:
     lists = [TodoList.objects.create(name=f"list {i}", owner_id=f"user{i}") for i in range(20)]
     replicate_now()
     n = args.rows
-    inserts, times = [], []
+    inserts, times, cpus = [], [], []
     for run in range(args.runs):
         todos = [Todo(list=lists[i % len(lists)], description=f"todo {run}/{i} with some text", created_by="bench")
                  for i in range(n)]
@@ -69,19 +70,22 @@ def main() -> None:
         with transaction.atomic():
             PowerSyncQuerySet(model=Todo).bulk_create(todos, batch_size=1000)
         committed = time.monotonic()
+        cpu = time.process_time()
         replicated = replicate_now()
         done = time.monotonic()
+        cpus.append(time.process_time() - cpu)
         assert not OutboxEntry.objects.exists(), "outbox not drained"
         ops = BucketOp.objects.count() - ops_before
         inserts.append(committed - started)
         times.append(done - committed)
         print(f"{connection.vendor}: run {run + 1}: insert {n} todos {committed - started:.2f} s; "
               f"replicate {replicated} entries -> {ops} ops {done - committed:.2f} s "
-              f"({n / (done - committed):,.0f} rows/s)", flush=True)
+              f"({n / (done - committed):,.0f} rows/s; CPU of this process {cpus[-1]:.2f} s)", flush=True)
     state = ReplicationState.objects.get(pk=1)
     median = statistics.median(times)
     print(f"{connection.vendor}: median of {args.runs}: insert {statistics.median(inserts):.2f} s, "
-          f"commit -> replicated {median:.3f} s = {n / median:,.0f} rows/s (last op {state.last_op_id})")
+          f"commit -> replicated {median:.3f} s = {n / median:,.0f} rows/s, replicator CPU {statistics.median(cpus):.3f} s "
+          f"(last op {state.last_op_id}; load {os.getloadavg()[0]:.1f})")
     tmp.cleanup()
 
 

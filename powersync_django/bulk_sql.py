@@ -1,9 +1,9 @@
 """Bulk statements on the package's own tables, cheaper than the ORM for thousands of rows per batch.
 
-PostgreSQL: plain inserts use ``COPY ... FROM STDIN`` (psycopg 3), upserts ``INSERT ... SELECT FROM
-unnest(<one array per column>) ON CONFLICT``, key lookups and deletions ``= ANY(<array>)``: a handful of
-parameters per statement whatever the row count (a multi-row VALUES statement has one parameter per value,
-and psycopg's client-side binding parses and quotes each of them). SQLite: ``executemany`` of one-row
+PostgreSQL: inserts use ``COPY ... FROM STDIN`` (psycopg 3), upserts COPY into a temporary table and one
+``INSERT ... SELECT ... ON CONFLICT``, key lookups and deletions ``= ANY(<array>)``: no statement has a
+parameter per value (psycopg's client-side binding parses and quotes each one, and dumps arrays in Python:
+both cost more than the database's work). SQLite: ``executemany`` of one-row
 statements and chunked ``IN (...)`` lookups, both prepared once by sqlite3.
 """
 
@@ -51,18 +51,18 @@ class Table:
                         for row in rows:
                             copy.write_row(row)
                     return
-                types = [self.model._meta.get_field(f).db_type(connection) for f in self.fields]
-                arrays = ", ".join(f"%s::{_base_type(t)}[]" for t in types)
-                cursor.execute(f"INSERT INTO {self.table} ({columns}) SELECT * FROM unnest({arrays}){self._tail()}",
-                               [list(column) for column in zip(*rows, strict=True)])
+                # Upsert: COPY into a temporary table with the same columns, then one INSERT ... SELECT.
+                stage = f"powersync_stage_{self.table}"
+                cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+                               f"SELECT {columns} FROM {self.table} WITH NO DATA")
+                cursor.execute(f"DELETE FROM {stage}")  # noqa: S608  (empty unless written twice in a transaction)
+                with cursor.cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cursor.execute(f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {stage}{self._tail()}")  # noqa: S608
                 return
             marks = ", ".join(["%s"] * len(self.fields))
             cursor.executemany(f"INSERT INTO {self.table} ({columns}) VALUES ({marks}){self._tail()}", rows)
-
-
-def _base_type(db_type: str) -> str:
-    """``varchar(500)`` -> ``varchar``: array casts need no length (and a longer value must fail at insert)."""
-    return db_type.partition("(")[0]
 
 
 def select_in(using: str, sql: str, values: Iterable[Any]) -> Iterator[tuple]:

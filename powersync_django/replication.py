@@ -35,6 +35,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, NamedTuple
 
 import orjson
@@ -45,7 +46,7 @@ from .bulk_sql import Table, delete_in, select_in
 from .capture import OUTBOX_CHANNEL
 from .conf import get_config
 from .db import write_transaction
-from .encoding import snapshot_to_python
+from .encoding import SnapshotRow
 from .models import (
     BucketOp,
     BucketState,
@@ -117,9 +118,14 @@ class Entry(NamedTuple):
 ENTRY_COLUMNS = Entry._fields
 
 
-def decode_snapshot(model: type[models.Model], text: str) -> dict[str, Any]:
-    raw = orjson.loads(text)
-    return {f.attname: snapshot_to_python(f, raw.get(f.attname)) for f in model._meta.concrete_fields}
+def decode_snapshot(model: type[models.Model], text: str) -> SnapshotRow:
+    """The row of a snapshot; field values are decoded when read (rendering uses the snapshot values)."""
+    return SnapshotRow(_fields_of(model), orjson.loads(text))
+
+
+@cache
+def _fields_of(model: type[models.Model]) -> dict[str, models.Field]:
+    return {f.attname: f for f in model._meta.concrete_fields}
 
 
 @dataclass

@@ -20,7 +20,7 @@ from django.db import models
 
 from . import paths
 from .conf import get_config
-from .encoding import encode_value, snapshot_to_python
+from .encoding import SnapshotRow, client_converter, encode_value, snapshot_to_python
 
 ROW_LOOKUPS = {"exact", "iexact", "isnull", "in", "gt", "gte", "lt", "lte", "startswith", "endswith", "contains"}
 DEFAULT_PRIORITY = 3
@@ -61,6 +61,8 @@ class DataQuery:
 
     def render(self, row: Mapping[str, Any]) -> tuple[str, str]:
         """(object_id, data JSON text) of a row for the client."""
+        if isinstance(row, SnapshotRow):
+            return self._render_snapshot(row.raw)
         pk = self.model._meta.pk
         object_id = str(encode_value(row[pk.attname], pk))
         out: dict[str, Any] = {"id": object_id}
@@ -68,6 +70,27 @@ class DataQuery:
             if col is pk:
                 continue
             out[col.attname] = encode_value(row.get(col.attname), col)
+        return object_id, orjson.dumps(out).decode()
+
+    def converters(self) -> dict[str, tuple[Any, bool]]:
+        """attname -> :func:`~powersync_django.encoding.client_converter` of the model's concrete fields, for
+        the current DATETIME_FORMAT."""
+        iso = get_config()["DATETIME_FORMAT"] == "iso"
+        cached = self.__dict__.get("_converters")
+        if cached is None or cached[0] != iso:
+            cached = self.__dict__["_converters"] = (
+                iso, {f.attname: client_converter(f, iso) for f in self.model._meta.concrete_fields})
+        return cached[1]
+
+    def _render_snapshot(self, raw: dict[str, Any]) -> tuple[str, str]:
+        """:meth:`render` of a snapshot row, from its snapshot values (same output)."""
+        converters = self.converters()
+        pk = self.model._meta.pk.attname
+        object_id = str(converters[pk][0](raw.get(pk)))
+        out: dict[str, Any] = {"id": object_id}
+        for col in self.columns:
+            if col.attname != pk:
+                out[col.attname] = converters[col.attname][0](raw.get(col.attname))
         return object_id, orjson.dumps(out).decode()
 
 
@@ -375,6 +398,10 @@ def _encode_param(value: Any) -> Any:
 def _param_value(q: DataQuery, row: Mapping[str, Any], param: str) -> Any:
     for attname, name in q.bindings.items():
         if name == param:
+            if isinstance(row, SnapshotRow):
+                convert, plain = q.converters().get(attname, (None, False))
+                if plain:  # its client value is encode_value(python value)
+                    return _encode_param(convert(row.raw.get(attname)))
             return _encode_param(row.get(attname))
     raise ImproperlyConfigured(f"Data query of {q.definition!r} does not bind parameter {param!r}.")
 
