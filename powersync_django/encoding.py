@@ -400,6 +400,24 @@ def client_converter(field: models.Field, iso: bool) -> tuple[Any, bool]:
     return general, True
 
 
+def value_converter(field: models.Field, iso: bool) -> Any:
+    """A function equal to ``encode_value(value, field)`` (DATETIME_FORMAT "iso" when ``iso``) for the Python
+    values of ``field`` as read from the database, quicker for the common types (builds render every row)."""
+    def general(value: Any) -> Any:
+        return encode_value(value, field)
+
+    if isinstance(field, models.JSONField) or _is(field, ArrayField) or _is(field, HStoreField) \
+            or _is(field, RangeField):
+        return general
+    conversions: dict[type, Any] = {str: _identity, int: _identity, bool: int, uuid.UUID: str,
+                                    datetime.datetime: lambda v: format_datetime(v, iso)}
+
+    def f(value: Any) -> Any:
+        convert = conversions.get(type(value))
+        return general(value) if convert is None else convert(value)
+    return f
+
+
 def _checked_text(pattern: re.Pattern[str], convert: Any, general: Any) -> Any:
     """Text matching ``pattern`` -> ``convert(text)`` (the text itself without one); else the general path."""
     match = pattern.fullmatch

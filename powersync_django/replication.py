@@ -66,10 +66,15 @@ CHECKPOINT_CHANNEL = "powersync_checkpoint"
 MAX_LISTED_BUCKETS = 500
 # Checkpoint rows kept for the SQLite pollers (older ones are pruned).
 CHECKPOINTS_KEPT = 1000
-# Rows read per rebuild transaction, and old ops/rows removed per cleanup transaction.
-BUILD_ROWS = 1000
+# Most rows read per rebuild transaction; a step slower than BUILD_STEP_SECONDS halves the next one (down to
+# BUILD_ROWS_SQLITE), a quick one doubles it back. Old ops/rows removed per cleanup transaction.
+BUILD_ROWS = 5000
+BUILD_STEP_SECONDS = 0.5
 # SQLite has one write lock: smaller build transactions keep app writes from waiting long.
 BUILD_ROWS_SQLITE = 500
+# SQLite: most outbox entries per replication transaction, whatever REPLICATION_BATCH_SIZE says (app writes
+# wait for the batch's write lock).
+BATCH_LIMIT_SQLITE = 1000
 CLEANUP_ROWS = 5000
 # Seconds a build waits for transactions older than its start before reading rows (see _build_step).
 SUBSUME_WAIT = 5.0
@@ -168,6 +173,8 @@ class Replicator:
         self.config = get_config()
         # Set by run_batch: whether more work is pending (a full batch, a build or cleanup under way).
         self.more = False
+        # Rows of the next build step (PostgreSQL; adapted to BUILD_STEP_SECONDS).
+        self.build_size = BUILD_ROWS
 
     # --- lease -----------------------------------------------------------------------------------
 
@@ -219,6 +226,8 @@ class Replicator:
         Raises :class:`LeaseLost` when another replicator holds the lease.
         """
         limit = limit or self.config["REPLICATION_BATCH_SIZE"]
+        if connections[self.using].vendor == "sqlite":
+            limit = min(limit, BATCH_LIMIT_SQLITE)
         rules = get_rules()
         ids: list[int] = []
         try:
@@ -493,8 +502,9 @@ class Replicator:
         qs = model._base_manager.using(db).order_by(pk.attname).values(*[f.attname for f in model._meta.concrete_fields])
         if state.build_after:
             qs = qs.filter(pk__gt=pk.to_python(state.build_after))
-        size = BUILD_ROWS_SQLITE if connections[db].vendor == "sqlite" else BUILD_ROWS
-        size = min(size, BUILD_ROWS)  # tests lower BUILD_ROWS
+        sqlite = connections[db].vendor == "sqlite"
+        size = min(BUILD_ROWS_SQLITE if sqlite else self.build_size, BUILD_ROWS)  # tests lower BUILD_ROWS
+        started = time.monotonic()
         rows, failed, seen, last_pk = _read_build_rows(qs, pk, label, size, db)
         batch = _Batch(next_op=state.build_next_op)
         memberships: dict[str, list[list[str]]] = {}
@@ -512,6 +522,11 @@ class Replicator:
             for letter in failed:
                 logger.error("powersync: row %s:%.100s cannot be replicated (build of version %s) and was recorded "
                              "as a dead letter: %s", label, letter.object_pk, version, letter.error)
+        elapsed = time.monotonic() - started
+        if elapsed > BUILD_STEP_SECONDS:
+            self.build_size = max(BUILD_ROWS_SQLITE, size // 2)
+        elif elapsed < BUILD_STEP_SECONDS / 4 and seen == size:
+            self.build_size = min(BUILD_ROWS, size * 2)
         state.build_next_op = batch.next_op
         state.build_rows_done += seen
         if seen == size:

@@ -20,7 +20,7 @@ from django.db import models
 
 from . import paths
 from .conf import get_config
-from .encoding import SnapshotRow, client_converter, encode_value, snapshot_to_python
+from .encoding import SnapshotRow, client_converter, encode_value, snapshot_to_python, value_converter
 
 ROW_LOOKUPS = {"exact", "iexact", "isnull", "in", "gt", "gte", "lt", "lte", "startswith", "endswith", "contains"}
 DEFAULT_PRIORITY = 3
@@ -57,19 +57,25 @@ class DataQuery:
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         """Whether a row (attname -> python value) passes the static filter."""
+        if not self.static_filter:
+            return True
         return all(_row_lookup(row, key, expected) for key, expected in self.static_filter.items())
 
     def render(self, row: Mapping[str, Any]) -> tuple[str, str]:
         """(object_id, data JSON text) of a row for the client."""
-        if isinstance(row, SnapshotRow):
+        if type(row) is SnapshotRow:
             return self._render_snapshot(row.raw)
-        pk = self.model._meta.pk
-        object_id = str(encode_value(row[pk.attname], pk))
+        iso = get_config()["DATETIME_FORMAT"] == "iso"
+        cached = self.__dict__.get("_value_converters")
+        if cached is None or cached[0] != iso:
+            pk = self.model._meta.pk
+            cached = self.__dict__["_value_converters"] = (iso, pk.attname, value_converter(pk, iso), [
+                (col.attname, value_converter(col, iso)) for col in self.columns if col is not pk])
+        _, pk_attname, pk_convert, columns = cached
+        object_id = str(pk_convert(row[pk_attname]))
         out: dict[str, Any] = {"id": object_id}
-        for col in self.columns:
-            if col is pk:
-                continue
-            out[col.attname] = encode_value(row.get(col.attname), col)
+        for attname, convert in columns:
+            out[attname] = convert(row.get(attname))
         return object_id, orjson.dumps(out).decode()
 
     def converters(self) -> dict[str, tuple[Any, bool]]:
@@ -398,7 +404,7 @@ def _encode_param(value: Any) -> Any:
 def _param_value(q: DataQuery, row: Mapping[str, Any], param: str) -> Any:
     for attname, name in q.bindings.items():
         if name == param:
-            if isinstance(row, SnapshotRow):
+            if type(row) is SnapshotRow:
                 convert, plain = q.converters().get(attname, (None, False))
                 if plain:  # its client value is encode_value(python value)
                     return _encode_param(convert(row.raw.get(attname)))
