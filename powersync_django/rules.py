@@ -81,22 +81,28 @@ class DataQuery:
     def converters(self) -> dict[str, tuple[Any, bool]]:
         """attname -> :func:`~powersync_django.encoding.client_converter` of the model's concrete fields, for
         the current DATETIME_FORMAT."""
+        return self._snapshot_plan()[1]
+
+    def _snapshot_plan(self) -> tuple[bool, dict[str, tuple[Any, bool]], str, Any, list[tuple[str, Any]]]:
+        """(iso, converters, pk attname, pk converter, [(attname, converter) of the other columns])."""
         iso = get_config()["DATETIME_FORMAT"] == "iso"
-        cached = self.__dict__.get("_converters")
+        cached = self.__dict__.get("_snapshot_plan_cache")
         if cached is None or cached[0] != iso:
-            cached = self.__dict__["_converters"] = (
-                iso, {f.attname: client_converter(f, iso) for f in self.model._meta.concrete_fields})
-        return cached[1]
+            converters = {f.attname: client_converter(f, iso) for f in self.model._meta.concrete_fields}
+            pk = self.model._meta.pk.attname
+            cached = self.__dict__["_snapshot_plan_cache"] = (
+                iso, converters, pk, converters[pk][0],
+                [(c.attname, converters[c.attname][0]) for c in self.columns if c.attname != pk])
+        return cached
 
     def _render_snapshot(self, raw: dict[str, Any]) -> tuple[str, str]:
         """:meth:`render` of a snapshot row, from its snapshot values (same output)."""
-        converters = self.converters()
-        pk = self.model._meta.pk.attname
-        object_id = str(converters[pk][0](raw.get(pk)))
+        _, _, pk, pk_convert, columns = self._snapshot_plan()
+        get = raw.get
+        object_id = str(pk_convert(get(pk)))
         out: dict[str, Any] = {"id": object_id}
-        for col in self.columns:
-            if col.attname != pk:
-                out[col.attname] = converters[col.attname][0](raw.get(col.attname))
+        for attname, convert in columns:
+            out[attname] = convert(get(attname))
         return object_id, orjson.dumps(out).decode()
 
 
@@ -289,8 +295,22 @@ class Rules:
             if any(v is None for v in param_values):
                 continue  # NULL equals no parameter value (SQL semantics): in no bucket
             object_id, data = q.render(row)
-            out.append((bucket_id(d.name, param_values, version), q.table, object_id, data))
+            out.append((self._bucket_id(d.name, param_values, version), q.table, object_id, data))
         return out
+
+    def _bucket_id(self, name: str, values: list[Any], version: int) -> str:
+        """:func:`bucket_id`, remembered: replication computes the ids of the same few buckets row after row."""
+        cache = self.__dict__.setdefault("_bucket_ids", {})
+        try:
+            key = (name, version, *values)  # encoded values: 1 and 1.0 or True cannot both occur
+            return cache[key]
+        except KeyError:
+            if len(cache) > 10_000:
+                cache.clear()
+            value = cache[key] = bucket_id(name, values, version)
+            return value
+        except TypeError:  # an unhashable value
+            return bucket_id(name, values, version)
 
     def request_buckets(
         self, token: Mapping[str, Any], client: Mapping[str, Any], version: int, limit: int | None = None
