@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from django.db import connections, models
+from django.db import connections, models, transaction
 
 # Values per ``IN (...)`` on SQLite (its default limit on host parameters is 32766; older builds 999).
 SQLITE_IN_CHUNK = 900
@@ -51,18 +51,23 @@ class Table:
                         for row in rows:
                             copy.write_row(row)
                     return
-                # Upsert: COPY into a temporary table with the same columns, then one INSERT ... SELECT.
+                # Upsert: COPY into a temporary table with the same columns, then one INSERT ... SELECT, in one
+                # transaction (the table is emptied at every commit).
                 stage = f"powersync_stage_{self.table}"
-                cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
-                               f"SELECT {columns} FROM {self.table} WITH NO DATA")
-                cursor.execute(f"DELETE FROM {stage}")  # noqa: S608  (empty unless written twice in a transaction)
-                with cursor.cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
-                    for row in rows:
-                        copy.write_row(row)
-                cursor.execute(f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {stage}{self._tail()}")  # noqa: S608
+                with transaction.atomic(using=using, savepoint=False):
+                    self._upsert_via(cursor, stage, columns, rows)
                 return
             marks = ", ".join(["%s"] * len(self.fields))
             cursor.executemany(f"INSERT INTO {self.table} ({columns}) VALUES ({marks}){self._tail()}", rows)
+
+    def _upsert_via(self, cursor: Any, stage: str, columns: str, rows: list[tuple]) -> None:
+        cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
+                       f"SELECT {columns} FROM {self.table} WITH NO DATA")
+        cursor.execute(f"DELETE FROM {stage}")  # noqa: S608  (empty unless written twice in a transaction)
+        with cursor.cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        cursor.execute(f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {stage}{self._tail()}")  # noqa: S608
 
 
 def select_in(using: str, sql: str, values: Iterable[Any]) -> Iterator[tuple]:
