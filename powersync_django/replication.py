@@ -299,7 +299,7 @@ class Replicator:
         version = state.building_version if build else state.rules_version
         batch = _Batch(next_op=state.build_next_op if build else state.last_op_id + 1)
         sources = {source_key(e.model, e.object_pk) for e in entries if e.op != OutboxEntry.MARKER}
-        memberships = self._memberships(sources, version)
+        memberships, stored = self._memberships(sources, version)
         dead_sources = self._dead_sources(sources)
         held: list[Entry] = []
         markers: dict[str, int] = {}
@@ -323,7 +323,7 @@ class Replicator:
             memberships[key] = batch.apply_row(memberships.get(key, []), new)
         self._write_ops(batch)
         transaction.on_commit(lambda: metrics.replicated(len(entries), len(batch.ops)), using=db)
-        self._write_memberships({k: memberships[k] for k in sources if k in memberships}, version)
+        self._write_memberships({k: memberships[k] for k in sources if k in memberships}, version, stored)
         if held:
             _dead_letters(db, held, DeadLetter.HELD, "an earlier entry of this row is a dead letter")
         delete_in(db, OutboxEntry, "id", [e.id for e in entries])
@@ -382,15 +382,16 @@ class Replicator:
                      "letters (manage.py powersync_deadletters): %s: %s",
                      entry_id, entry.op, entry.model, entry.object_pk, type(exc).__name__, exc)
 
-    def _memberships(self, sources: set[str], version: int) -> dict[str, list[list[str]]]:
-        """The stored bucket memberships of rows in storage ``version`` (rows of other versions are in none).
+    def _memberships(self, sources: set[str], version: int) -> tuple[dict[str, list[list[str]]], set[str]]:
+        """(bucket memberships of the rows in storage ``version``, keys of the rows with a RowBuckets row).
 
-        The version is compared here, not in SQL: a planner may otherwise scan the version index.
+        Rows of other versions are in no bucket (their row is overwritten). The version is compared here, not
+        in SQL: a planner may otherwise scan the version index.
         """
         table = RowBuckets._meta.db_table
-        return {source: orjson.loads(buckets) for source, buckets, v in select_in(
-            self.using, f"SELECT source, buckets, version FROM {table} WHERE source {{keys}}", sources)  # noqa: S608
-            if v == version}
+        found = list(select_in(self.using, f"SELECT source, buckets, version FROM {table} WHERE source {{keys}}",  # noqa: S608
+                               sources))
+        return {source: orjson.loads(buckets) for source, buckets, v in found if v == version}, {f[0] for f in found}
 
     def _dead_sources(self, sources: set[str]) -> set[str]:
         """The rows among ``sources`` that have dead letters (their later entries are held back)."""
@@ -411,10 +412,14 @@ class Replicator:
             for bucket, (checksum, count, last_op) in batch.deltas.items()
         ])
 
-    def _write_memberships(self, memberships: dict[str, list[list[str]]], version: int) -> None:
+    def _write_memberships(self, memberships: dict[str, list[list[str]]], version: int, stored: set[str]) -> None:
+        """Store the rows' memberships; ``stored``: the keys that have a RowBuckets row (this transaction holds
+        the lease, nothing else writes them): rows without one are inserted, the others updated."""
         db = self.using
-        delete_in(db, RowBuckets, "source", [k for k, v in memberships.items() if not v])
-        _ROWS.write(db, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items() if v])
+        delete_in(db, RowBuckets, "source", [k for k, v in memberships.items() if not v and k in stored])
+        _ROWS.write(db, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items() if v and k in stored])
+        _NEW_ROWS.write(db, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items()
+                             if v and k not in stored])
 
     def _apply_markers(self, markers: dict[str, int]) -> None:
         for key, counter in markers.items():
@@ -607,6 +612,7 @@ _STATE = Table(
     "ops_since_compaction = {t}.ops_since_compaction + excluded.ops_since_compaction, "
     "last_op_id = excluded.last_op_id",
 )
+_NEW_ROWS = Table(RowBuckets, ["source", "buckets", "version"])
 _ROWS = Table(RowBuckets, ["source", "buckets", "version"], "source",
                     "buckets = excluded.buckets, version = excluded.version")
 
