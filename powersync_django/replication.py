@@ -17,6 +17,10 @@ is moved to :class:`DeadLetter` (with the error) and logged, the innocent ones r
 row that has a dead letter are dead-lettered too (reason ``held``), so they never overtake it: ``manage.py
 powersync_deadletters retry`` re-queues a row's dead letters in their order.
 
+Throughput: entries are read as tuples, snapshot rows rendered from their snapshot values
+(``encoding.client_converter``), and ops, bucket totals and memberships written with one bulk statement each
+(``bulk_sql``: COPY on PostgreSQL). ``bench/replication.py`` measures it.
+
 Rebuilds (:meth:`Replicator._build_step`) run in bounded transactions: the rows of each model are read in
 primary key order, a few thousand per transaction, and written under the new version prefix with op ids
 above the live ones, while streams keep serving the live version. The outbox is not consumed while rows are
@@ -402,8 +406,8 @@ class Replicator:
             self.using, f"SELECT DISTINCT source FROM {table} WHERE source {{keys}}", sources)}  # noqa: S608
 
     def _write_ops(self, batch: _Batch) -> None:
-        """Insert the batch's ops and add their totals to the buckets' (multi-row plain SQL: the ORM's
-        per-object insert compilation cost more than the database work)."""
+        """Insert the batch's ops and add their totals to the buckets' (bulk_sql: the ORM's per-object insert
+        compilation, and on PostgreSQL client-side parameter handling, cost more than the database work)."""
         if not batch.ops:
             return
         _OPS.write(self.using, batch.ops)
