@@ -19,6 +19,7 @@ import base64
 import copy
 import datetime
 import decimal
+import functools
 import json
 import math
 import re
@@ -373,8 +374,7 @@ def client_converter(field: models.Field, iso: bool) -> tuple[Any, bool]:
     def general(value: Any) -> Any:
         return encode_value(snapshot_to_python(field, value), field)
 
-    if isinstance(field, models.JSONField) or _is(field, ArrayField) or _is(field, HStoreField) \
-            or _is(field, RangeField):
+    if not is_plain(field):
         return general, False
     target = field.target_field if isinstance(field, models.ForeignKey) else field
     fast = _fast_path(field)
@@ -400,22 +400,40 @@ def client_converter(field: models.Field, iso: bool) -> tuple[Any, bool]:
     return general, True
 
 
+def is_plain(field: models.Field) -> bool:
+    """Whether :func:`encode_value` encodes the field's values by their type alone (not a JSON, array, hstore
+    or range field)."""
+    return not (isinstance(field, models.JSONField) or _is(field, ArrayField) or _is(field, HStoreField)
+                or _is(field, RangeField))
+
+
 def value_converter(field: models.Field, iso: bool) -> Any:
     """A function equal to ``encode_value(value, field)`` (DATETIME_FORMAT "iso" when ``iso``) for the Python
     values of ``field`` as read from the database, quicker for the common types (builds render every row)."""
     def general(value: Any) -> Any:
         return encode_value(value, field)
 
-    if isinstance(field, models.JSONField) or _is(field, ArrayField) or _is(field, HStoreField) \
-            or _is(field, RangeField):
+    if not is_plain(field):
         return general
-    conversions: dict[type, Any] = {str: _identity, int: _identity, bool: int, uuid.UUID: str,
-                                    datetime.datetime: lambda v: format_datetime(v, iso)}
+    sep = "T" if iso else " "
+
+    def utc_text(value: datetime.datetime) -> str:
+        if value.tzinfo is not datetime.UTC:
+            return format_datetime(value, iso)
+        text = value.replace(tzinfo=None).isoformat(sep)  # microseconds when not zero, like format_datetime
+        return (text if iso or not value.microsecond else text.rstrip("0")) + "Z"
+
+    conversions: dict[type, Any] = {str: _identity, int: _identity, bool: int, uuid.UUID: _uuid_text,
+                                    datetime.datetime: utc_text}
 
     def f(value: Any) -> Any:
         convert = conversions.get(type(value))
         return general(value) if convert is None else convert(value)
     return f
+
+
+# Foreign keys repeat the same few UUIDs row after row; UUID.__str__ is Python code.
+_uuid_text = functools.lru_cache(maxsize=4096)(uuid.UUID.__str__)
 
 
 def _checked_text(pattern: re.Pattern[str], convert: Any, general: Any) -> Any:

@@ -20,7 +20,14 @@ from django.db import models
 
 from . import paths
 from .conf import get_config
-from .encoding import SnapshotRow, client_converter, encode_value, snapshot_to_python, value_converter
+from .encoding import (
+    SnapshotRow,
+    client_converter,
+    encode_value,
+    is_plain,
+    snapshot_to_python,
+    value_converter,
+)
 
 ROW_LOOKUPS = {"exact", "iexact", "isnull", "in", "gt", "gte", "lt", "lte", "startswith", "endswith", "contains"}
 DEFAULT_PRIORITY = 3
@@ -65,18 +72,27 @@ class DataQuery:
         """(object_id, data JSON text) of a row for the client."""
         if type(row) is SnapshotRow:
             return self._render_snapshot(row.raw)
-        iso = get_config()["DATETIME_FORMAT"] == "iso"
-        cached = self.__dict__.get("_value_converters")
-        if cached is None or cached[0] != iso:
-            pk = self.model._meta.pk
-            cached = self.__dict__["_value_converters"] = (iso, pk.attname, value_converter(pk, iso), [
-                (col.attname, value_converter(col, iso)) for col in self.columns if col is not pk])
-        _, pk_attname, pk_convert, columns = cached
+        _, pk_attname, pk_convert, columns, _ = self._value_plan()
         object_id = str(pk_convert(row[pk_attname]))
         out: dict[str, Any] = {"id": object_id}
         for attname, convert in columns:
             out[attname] = convert(row.get(attname))
         return object_id, orjson.dumps(out).decode()
+
+    def _value_plan(self) -> tuple[bool, str, Any, list[tuple[str, Any]], dict[str, Any]]:
+        """(iso, pk attname, pk converter, [(attname, converter) of the other columns], {attname: converter}
+        of the fields whose client value is ``encode_value(value)`` whatever the field) for Python rows."""
+        iso = get_config()["DATETIME_FORMAT"] == "iso"
+        cached = self.__dict__.get("_value_plan_cache")
+        if cached is None or cached[0] != iso:
+            pk = self.model._meta.pk
+            converters = {f.attname: value_converter(f, iso) for f in self.model._meta.concrete_fields}
+            plain = {f.attname: converters[f.attname] for f in self.model._meta.concrete_fields if is_plain(f)}
+            cached = self.__dict__["_value_plan_cache"] = (
+                iso, pk.attname, converters[pk.attname],
+                [(c.attname, converters.get(c.attname) or value_converter(c, iso)) for c in self.columns if c is not pk],
+                plain)
+        return cached
 
     def converters(self) -> dict[str, tuple[Any, bool]]:
         """attname -> :func:`~powersync_django.encoding.client_converter` of the model's concrete fields, for
@@ -428,6 +444,10 @@ def _param_value(q: DataQuery, row: Mapping[str, Any], param: str) -> Any:
                 convert, plain = q.converters().get(attname, (None, False))
                 if plain:  # its client value is encode_value(python value)
                     return _encode_param(convert(row.raw.get(attname)))
+            else:
+                convert = q._value_plan()[4].get(attname)
+                if convert is not None:
+                    return _encode_param(convert(row.get(attname)))
             return _encode_param(row.get(attname))
     raise ImproperlyConfigured(f"Data query of {q.definition!r} does not bind parameter {param!r}.")
 

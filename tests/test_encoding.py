@@ -363,6 +363,7 @@ def test_client_converter_is_the_general_path(field, values, iso):
 
 PYTHON_VALUES = ["text", "", 0, -5, 2**70, True, False, 1.5, float("nan"), None, uuid.uuid4(),
                  datetime.datetime(2026, 3, 4, 5, 6, 7, 120000, tzinfo=UTC), datetime.datetime(2026, 3, 4, 5, 6, 7),
+                 datetime.datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC), datetime.datetime(1, 1, 1, 0, 0, 0, 5, tzinfo=UTC),
                  datetime.datetime(2026, 3, 4, 5, 6, 7, tzinfo=PARIS), datetime.date(1999, 12, 31),
                  decimal.Decimal("1.50"), b"\x00\xff", {"a": [1]}, [1, "x"], datetime.timedelta(seconds=1.5)]
 
