@@ -47,9 +47,7 @@ class Table:
         with connection.cursor() as cursor:
             if connection.vendor == "postgresql":
                 if not self.conflict:
-                    with cursor.cursor.copy(f"COPY {self.table} ({columns}) FROM STDIN") as copy:
-                        for row in rows:
-                            copy.write_row(row)
+                    _copy(connection, cursor, f"COPY {self.table} ({columns}) FROM STDIN", rows)
                     return
                 # Upsert: COPY into a temporary table with the same columns, then one INSERT ... SELECT, in one
                 # transaction (the table is emptied at every commit).
@@ -64,10 +62,17 @@ class Table:
         cursor.execute(f"CREATE TEMP TABLE IF NOT EXISTS {stage} ON COMMIT DELETE ROWS AS "
                        f"SELECT {columns} FROM {self.table} WITH NO DATA")
         cursor.execute(f"DELETE FROM {stage}")  # noqa: S608  (empty unless written twice in a transaction)
-        with cursor.cursor.copy(f"COPY {stage} ({columns}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
+        _copy(cursor.db, cursor, f"COPY {stage} ({columns}) FROM STDIN", rows)
         cursor.execute(f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {stage}{self._tail()}")  # noqa: S608
+
+
+def _copy(connection: Any, cursor: Any, sql: str, rows: list[tuple]) -> None:
+    """``COPY ... FROM STDIN`` of ``rows`` through the driver's cursor; its errors become Django's (with the
+    driver's as ``__cause__``), like those of ``cursor.execute``: the replicator tells a transient failure
+    (serialization, disk full, timeout) from an entry's bad data by them."""
+    with connection.wrap_database_errors, cursor.cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row)
 
 
 def select_in(using: str, sql: str, values: Iterable[Any]) -> Iterator[tuple]:
