@@ -62,8 +62,8 @@ DEFAULTS: dict[str, Any] = {
     # Run the replicator in a background thread of every ASGI server process (one at a time works,
     # chosen by a database lease). Set False when you run `manage.py powersync_replicate` instead.
     "REPLICATOR_IN_PROCESS": True,
-    # Outbox rows replicated per transaction.
-    "REPLICATION_BATCH_SIZE": 1000,
+    # Outbox rows replicated per transaction (SQLite: at most 1000, its write lock is held meanwhile).
+    "REPLICATION_BATCH_SIZE": 5000,
     # How often the SQLite backend polls for outbox rows / new checkpoints (seconds).
     "POLL_INTERVAL": 0.02,
     # Seconds a replicator lease lasts without renewal.

@@ -19,11 +19,13 @@ import base64
 import copy
 import datetime
 import decimal
+import functools
 import json
 import math
 import re
 import types
 import uuid
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import orjson
@@ -350,3 +352,147 @@ def decode_json(field: models.JSONField, text: str) -> Any:
 
 
 _LONG_NUMBER = re.compile(r"\d{19}")
+
+
+# --- snapshot -> client value, without the Python value in between --------------------------------
+
+_UUID_TEXT = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+# What snapshot_value writes for an aware UTC datetime (microseconds only when not zero).
+_UTC_DATETIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.(?!000000)\d{6})?\+00:00")
+_DATE = re.compile(r"\d{4}-\d\d-\d\d")
+
+
+def client_converter(field: models.Field, iso: bool) -> tuple[Any, bool]:
+    """(function, plain) turning a snapshot value of ``field`` into the value clients get.
+
+    The function returns exactly ``encode_value(snapshot_to_python(field, v), field)`` (with DATETIME_FORMAT
+    "iso" when ``iso``): values in the form capture writes for the common field types are converted as text
+    (a canonical UUID is its own client value, an aware UTC datetime is reformatted), anything else takes the
+    general path (which also raises for a value the field rejects). ``plain``: the client value does not
+    depend on the field (not a JSON, array, hstore or range field), so it is also ``encode_value(python)``.
+    """
+    def general(value: Any) -> Any:
+        return encode_value(snapshot_to_python(field, value), field)
+
+    if not is_plain(field):
+        return general, False
+    target = field.target_field if isinstance(field, models.ForeignKey) else field
+    fast = _fast_path(field)
+    own = type(target).to_python
+
+    def fast_type(kind: type, convert: Any) -> Any:
+        def f(value: Any) -> Any:
+            if type(value) is kind:
+                return convert(value)
+            return None if value is None else general(value)
+        return f
+
+    if fast is not None and fast[1] is _identity:  # bool, int, str: snapshot_to_python keeps them as they are
+        return fast_type(fast[0], int if fast[0] is bool else _identity), True
+    if isinstance(target, models.UUIDField) and own is models.UUIDField.to_python:
+        return _checked_text(_UUID_TEXT, None, general), True
+    if isinstance(target, models.DateTimeField) and own is models.DateTimeField.to_python:
+        return _checked_text(_UTC_DATETIME, _client_datetime_text(iso), general), True
+    if isinstance(target, models.DateField) and own is models.DateField.to_python:
+        return _checked_text(_DATE, _valid_date, general), True
+    if isinstance(target, models.FloatField) and own is models.FloatField.to_python:
+        return fast_type(float, lambda v: v if math.isfinite(v) else None), True
+    return general, True
+
+
+def is_plain(field: models.Field) -> bool:
+    """Whether :func:`encode_value` encodes the field's values by their type alone (not a JSON, array, hstore
+    or range field)."""
+    return not (isinstance(field, models.JSONField) or _is(field, ArrayField) or _is(field, HStoreField)
+                or _is(field, RangeField))
+
+
+def value_converter(field: models.Field, iso: bool) -> Any:
+    """A function equal to ``encode_value(value, field)`` (DATETIME_FORMAT "iso" when ``iso``) for the Python
+    values of ``field`` as read from the database, quicker for the common types (builds render every row)."""
+    def general(value: Any) -> Any:
+        return encode_value(value, field)
+
+    if not is_plain(field):
+        return general
+    sep = "T" if iso else " "
+
+    def utc_text(value: datetime.datetime) -> str:
+        if value.tzinfo is not datetime.UTC:
+            return format_datetime(value, iso)
+        text = value.replace(tzinfo=None).isoformat(sep)  # microseconds when not zero, like format_datetime
+        return (text if iso or not value.microsecond else text.rstrip("0")) + "Z"
+
+    conversions: dict[type, Any] = {str: _identity, int: _identity, bool: int, uuid.UUID: _uuid_text,
+                                    datetime.datetime: utc_text}
+
+    def f(value: Any) -> Any:
+        convert = conversions.get(type(value))
+        return general(value) if convert is None else convert(value)
+    return f
+
+
+# Foreign keys repeat the same few UUIDs row after row; UUID.__str__ is Python code.
+_uuid_text = functools.lru_cache(maxsize=4096)(uuid.UUID.__str__)
+
+
+def _checked_text(pattern: re.Pattern[str], convert: Any, general: Any) -> Any:
+    """Text matching ``pattern`` -> ``convert(text)`` (the text itself without one); else the general path."""
+    match = pattern.fullmatch
+
+    def f(value: Any) -> Any:
+        if type(value) is str and match(value):
+            return value if convert is None else convert(value, general)
+        return None if value is None else general(value)
+    return f
+
+
+def _valid_date(text: str, general: Any) -> Any:
+    try:
+        datetime.date.fromisoformat(text)
+    except ValueError:  # 2026-02-30: the field's own error
+        return general(text)
+    return text
+
+
+def _client_datetime_text(iso: bool) -> Any:
+    """An aware UTC datetime's snapshot text as :func:`format_datetime` writes it."""
+    def convert(text: str, general: Any) -> Any:
+        try:
+            datetime.datetime.fromisoformat(text)
+        except ValueError:
+            return general(text)
+        body = text[:-6]
+        if iso:
+            return body + "Z"
+        body = body[:10] + " " + body[11:]
+        return (body.rstrip("0") if len(body) > 19 else body) + "Z"
+    return convert
+
+
+class SnapshotRow(Mapping):
+    """The row of an outbox snapshot: Python values decoded on first use (``snapshot_to_python``).
+
+    ``raw`` is the decoded JSON (attname -> snapshot value); renderers read client values from it directly
+    (:func:`client_converter`) instead of going through the Python value.
+    """
+
+    __slots__ = ("fields", "raw", "_values")
+
+    def __init__(self, fields: Mapping[str, models.Field], raw: dict[str, Any]) -> None:
+        if not isinstance(raw, dict):
+            raise TypeError(f"a snapshot is a JSON object, not {type(raw).__name__}")
+        self.fields, self.raw, self._values = fields, raw, {}
+
+    def __getitem__(self, attname: str) -> Any:
+        try:
+            return self._values[attname]
+        except KeyError:
+            value = self._values[attname] = snapshot_to_python(self.fields[attname], self.raw.get(attname))
+            return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.fields)
+
+    def __len__(self) -> int:
+        return len(self.fields)

@@ -17,6 +17,10 @@ is moved to :class:`DeadLetter` (with the error) and logged, the innocent ones r
 row that has a dead letter are dead-lettered too (reason ``held``), so they never overtake it: ``manage.py
 powersync_deadletters retry`` re-queues a row's dead letters in their order.
 
+Throughput: entries are read as tuples, snapshot rows rendered from their snapshot values
+(``encoding.client_converter``), and ops, bucket totals and memberships written with one bulk statement each
+(``bulk_sql``: COPY on PostgreSQL). ``bench/replication.py`` measures it.
+
 Rebuilds (:meth:`Replicator._build_step`) run in bounded transactions: the rows of each model are read in
 primary key order, a few thousand per transaction, and written under the new version prefix with op ids
 above the live ones, while streams keep serving the live version. The outbox is not consumed while rows are
@@ -34,18 +38,19 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Any, NamedTuple
 
 import orjson
 from django.db import DatabaseError, InterfaceError, OperationalError, connections, models, transaction
 
 from . import checksums, metrics, notify
+from .bulk_sql import Table, delete_in, select_in
 from .capture import OUTBOX_CHANNEL
 from .conf import get_config
 from .db import write_transaction
-from .encoding import snapshot_to_python
+from .encoding import SnapshotRow
 from .models import (
     BucketOp,
     BucketState,
@@ -65,10 +70,15 @@ CHECKPOINT_CHANNEL = "powersync_checkpoint"
 MAX_LISTED_BUCKETS = 500
 # Checkpoint rows kept for the SQLite pollers (older ones are pruned).
 CHECKPOINTS_KEPT = 1000
-# Rows read per rebuild transaction, and old ops/rows removed per cleanup transaction.
-BUILD_ROWS = 1000
+# Most rows read per rebuild transaction; a step slower than BUILD_STEP_SECONDS halves the next one (down to
+# BUILD_ROWS_SQLITE), a quick one doubles it back. Old ops/rows removed per cleanup transaction.
+BUILD_ROWS = 5000
+BUILD_STEP_SECONDS = 0.5
 # SQLite has one write lock: smaller build transactions keep app writes from waiting long.
 BUILD_ROWS_SQLITE = 500
+# SQLite: most outbox entries per replication transaction, whatever REPLICATION_BATCH_SIZE says (app writes
+# wait for the batch's write lock).
+BATCH_LIMIT_SQLITE = 1000
 CLEANUP_ROWS = 5000
 # Seconds a build waits for transactions older than its start before reading rows (see _build_step).
 SUBSUME_WAIT = 5.0
@@ -104,9 +114,27 @@ def is_poison(exc: BaseException) -> bool:
     return True
 
 
-def decode_snapshot(model: type[models.Model], text: str) -> dict[str, Any]:
-    raw = orjson.loads(text)
-    return {f.attname: snapshot_to_python(f, raw.get(f.attname)) for f in model._meta.concrete_fields}
+class Entry(NamedTuple):
+    """The columns of an outbox entry the replicator reads (tuples: model instances cost more than the work)."""
+
+    id: int
+    model: str
+    object_pk: str
+    op: str
+    snapshot: str | None
+
+
+ENTRY_COLUMNS = Entry._fields
+
+
+def decode_snapshot(model: type[models.Model], text: str) -> SnapshotRow:
+    """The row of a snapshot; field values are decoded when read (rendering uses the snapshot values)."""
+    return SnapshotRow(_fields_of(model), orjson.loads(text))
+
+
+@cache
+def _fields_of(model: type[models.Model]) -> dict[str, models.Field]:
+    return {f.attname: f for f in model._meta.concrete_fields}
 
 
 @dataclass
@@ -149,6 +177,8 @@ class Replicator:
         self.config = get_config()
         # Set by run_batch: whether more work is pending (a full batch, a build or cleanup under way).
         self.more = False
+        # Rows of the next build step (PostgreSQL; adapted to BUILD_STEP_SECONDS).
+        self.build_size = BUILD_ROWS
 
     # --- lease -----------------------------------------------------------------------------------
 
@@ -200,6 +230,8 @@ class Replicator:
         Raises :class:`LeaseLost` when another replicator holds the lease.
         """
         limit = limit or self.config["REPLICATION_BATCH_SIZE"]
+        if connections[self.using].vendor == "sqlite":
+            limit = min(limit, BATCH_LIMIT_SQLITE)
         rules = get_rules()
         ids: list[int] = []
         try:
@@ -242,7 +274,7 @@ class Replicator:
                         state.save(using=db, update_fields=["lease_owner", "lease_expires"])
                         self.more = True
                         return 0
-                entries = list(qs[:limit])
+                entries = list(map(Entry._make, qs.values_list(*ENTRY_COLUMNS)[:limit]))
                 ids.extend(e.id for e in entries)
                 if entries:
                     checkpoint = self._replicate(state, rules, entries, build=building)
@@ -261,7 +293,7 @@ class Replicator:
             time.sleep(min(0.1, max(0.005, (time.monotonic() - started) / 2)))
         return len(ids)
 
-    def _replicate(self, state: ReplicationState, rules: Rules, entries: list[OutboxEntry],
+    def _replicate(self, state: ReplicationState, rules: Rules, entries: list[Entry],
                    build: bool = False) -> Checkpoint | None:
         """Turn entries into ops, in the live version or (``build``) in the version being built.
 
@@ -271,13 +303,9 @@ class Replicator:
         version = state.building_version if build else state.rules_version
         batch = _Batch(next_op=state.build_next_op if build else state.last_op_id + 1)
         sources = {source_key(e.model, e.object_pk) for e in entries if e.op != OutboxEntry.MARKER}
-        memberships: dict[str, list[list[str]]] = {
-            rb.source: orjson.loads(rb.buckets)
-            for rb in _in_chunks(RowBuckets.objects.using(db).filter(version=version), "source", sources)
-        }
-        dead_sources = set(_in_chunks(DeadLetter.objects.using(db).values_list("source", flat=True), "source",
-                                      sources))
-        held: list[OutboxEntry] = []
+        memberships, stored = self._memberships(sources, version)
+        dead_sources = self._dead_sources(sources)
+        held: list[Entry] = []
         markers: dict[str, int] = {}
         model_cache: dict[str, type[models.Model] | None] = {}
         for entry in entries:
@@ -299,10 +327,10 @@ class Replicator:
             memberships[key] = batch.apply_row(memberships.get(key, []), new)
         self._write_ops(batch)
         transaction.on_commit(lambda: metrics.replicated(len(entries), len(batch.ops)), using=db)
-        self._write_memberships({k: memberships[k] for k in sources if k in memberships}, version)
+        self._write_memberships({k: memberships[k] for k in sources if k in memberships}, version, stored)
         if held:
             _dead_letters(db, held, DeadLetter.HELD, "an earlier entry of this row is a dead letter")
-        OutboxEntry.objects.using(db).filter(id__in=[e.id for e in entries]).delete()
+        delete_in(db, OutboxEntry, "id", [e.id for e in entries])
         state.outbox_position = max(state.outbox_position, entries[-1].id)
         if build:
             state.build_next_op = batch.next_op
@@ -333,7 +361,8 @@ class Replicator:
         with write_transaction(db):
             state = self._state_for_update()
             self._hold_lease(state)
-            entries = list(OutboxEntry.objects.using(db).filter(id__in=ids).order_by("id"))
+            entries = list(map(Entry._make, OutboxEntry.objects.using(db).filter(id__in=ids).order_by("id")
+                               .values_list(*ENTRY_COLUMNS)))
             if not entries:
                 return 0
             building = bool(state.building_version)
@@ -357,23 +386,44 @@ class Replicator:
                      "letters (manage.py powersync_deadletters): %s: %s",
                      entry_id, entry.op, entry.model, entry.object_pk, type(exc).__name__, exc)
 
+    def _memberships(self, sources: set[str], version: int) -> tuple[dict[str, list[list[str]]], set[str]]:
+        """(bucket memberships of the rows in storage ``version``, keys of the rows with a RowBuckets row).
+
+        Rows of other versions are in no bucket (their row is overwritten). The version is compared here, not
+        in SQL: a planner may otherwise scan the version index.
+        """
+        table = RowBuckets._meta.db_table
+        found = list(select_in(self.using, f"SELECT source, buckets, version FROM {table} WHERE source {{keys}}",  # noqa: S608
+                               sources))
+        return {source: orjson.loads(buckets) for source, buckets, v in found if v == version}, {f[0] for f in found}
+
+    def _dead_sources(self, sources: set[str]) -> set[str]:
+        """The rows among ``sources`` that have dead letters (their later entries are held back)."""
+        if not DeadLetter.objects.using(self.using).exists():
+            return set()
+        table = DeadLetter._meta.db_table
+        return {source for (source,) in select_in(
+            self.using, f"SELECT DISTINCT source FROM {table} WHERE source {{keys}}", sources)}  # noqa: S608
+
     def _write_ops(self, batch: _Batch) -> None:
-        """Insert the batch's ops and add their totals to the buckets' (multi-row plain SQL: the ORM's
-        per-object insert compilation cost more than the database work)."""
+        """Insert the batch's ops and add their totals to the buckets' (bulk_sql: the ORM's per-object insert
+        compilation, and on PostgreSQL client-side parameter handling, cost more than the database work)."""
         if not batch.ops:
             return
-        _OPS_INSERT.execute(self.using, batch.ops)
-        _STATE_UPSERT.execute(self.using, [
+        _OPS.write(self.using, batch.ops)
+        _STATE.write(self.using, [
             (bucket, checksum, count, count, count, last_op, 0)
             for bucket, (checksum, count, last_op) in batch.deltas.items()
         ])
 
-    def _write_memberships(self, memberships: dict[str, list[list[str]]], version: int) -> None:
+    def _write_memberships(self, memberships: dict[str, list[list[str]]], version: int, stored: set[str]) -> None:
+        """Store the rows' memberships; ``stored``: the keys that have a RowBuckets row (this transaction holds
+        the lease, nothing else writes them): rows without one are inserted, the others updated."""
         db = self.using
-        gone = [k for k, v in memberships.items() if not v]
-        for start in range(0, len(gone), 500):
-            RowBuckets.objects.using(db).filter(source__in=gone[start:start + 500]).delete()
-        _ROWS_UPSERT.execute(db, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items() if v])
+        delete_in(db, RowBuckets, "source", [k for k, v in memberships.items() if not v and k in stored])
+        _ROWS.write(db, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items() if v and k in stored])
+        _NEW_ROWS.write(db, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items()
+                             if v and k not in stored])
 
     def _apply_markers(self, markers: dict[str, int]) -> None:
         for key, counter in markers.items():
@@ -461,8 +511,9 @@ class Replicator:
         qs = model._base_manager.using(db).order_by(pk.attname).values(*[f.attname for f in model._meta.concrete_fields])
         if state.build_after:
             qs = qs.filter(pk__gt=pk.to_python(state.build_after))
-        size = BUILD_ROWS_SQLITE if connections[db].vendor == "sqlite" else BUILD_ROWS
-        size = min(size, BUILD_ROWS)  # tests lower BUILD_ROWS
+        sqlite = connections[db].vendor == "sqlite"
+        size = min(BUILD_ROWS_SQLITE if sqlite else self.build_size, BUILD_ROWS)  # tests lower BUILD_ROWS
+        started = time.monotonic()
         rows, failed, seen, last_pk = _read_build_rows(qs, pk, label, size, db)
         batch = _Batch(next_op=state.build_next_op)
         memberships: dict[str, list[list[str]]] = {}
@@ -480,6 +531,11 @@ class Replicator:
             for letter in failed:
                 logger.error("powersync: row %s:%.100s cannot be replicated (build of version %s) and was recorded "
                              "as a dead letter: %s", label, letter.object_pk, version, letter.error)
+        elapsed = time.monotonic() - started
+        if elapsed > BUILD_STEP_SECONDS:
+            self.build_size = max(BUILD_ROWS_SQLITE, size // 2)
+        elif elapsed < BUILD_STEP_SECONDS / 4 and seen == size:
+            self.build_size = min(BUILD_ROWS, size * 2)
         state.build_next_op = batch.next_op
         state.build_rows_done += seen
         if seen == size:
@@ -492,7 +548,7 @@ class Replicator:
 
     def _flush_rebuild(self, batch: _Batch, memberships: dict[str, list[list[str]]], version: int) -> None:
         self._write_ops(batch)
-        _ROWS_UPSERT.execute(self.using, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items()])
+        _ROWS.write(self.using, [(k, orjson.dumps(v).decode(), version) for k, v in memberships.items()])
 
     def _switch(self, state: ReplicationState, rules: Rules) -> Checkpoint:
         """Make the built version the live one (the outbox has been replayed into it)."""
@@ -551,35 +607,8 @@ class Replicator:
         return total
 
 
-class _Sql:
-    """A multi-row INSERT (or upsert) into one of our tables, built from the model's column names."""
-
-    def __init__(self, model: type[models.Model], fields: list[str], conflict: str = "", updates: str = "") -> None:
-        self.model, self.fields, self.conflict, self.updates = model, fields, conflict, updates
-
-    def _head(self) -> tuple[str, str]:
-        table = self.model._meta.db_table
-        columns = ", ".join(self.model._meta.get_field(f).column for f in self.fields)
-        tail = f" ON CONFLICT ({self.conflict}) DO UPDATE SET {self.updates.format(t=table)}" if self.conflict else ""
-        return f"INSERT INTO {table} ({columns})", tail
-
-    def execute(self, using: str, rows: list[tuple]) -> None:
-        """Insert ``rows`` with multi-row VALUES statements, as few as the parameter limit allows."""
-        if not rows:
-            return
-        connection = connections[using]
-        head, tail = self._head()
-        with connection.cursor() as cursor:
-            marks = "(" + ", ".join(["%s"] * len(self.fields)) + ")"
-            limit = connection.features.max_query_params or 30000
-            per_statement = max(1, min(1000, limit // len(self.fields)))
-            for start in range(0, len(rows), per_statement):
-                chunk = rows[start:start + per_statement]
-                cursor.execute(f"{head} VALUES {', '.join([marks] * len(chunk))}{tail}", [v for row in chunk for v in row])
-
-
-_OPS_INSERT = _Sql(BucketOp, ["op_id", "bucket", "op", "object_type", "object_id", "data", "checksum"])
-_STATE_UPSERT = _Sql(
+_OPS = Table(BucketOp, ["op_id", "bucket", "op", "object_type", "object_id", "data", "checksum"])
+_STATE = Table(
     BucketState, ["bucket", "checksum", "count", "stored_ops", "ops_since_compaction", "last_op_id", "compacted_to"],
     "bucket",
     f"checksum = ({{t}}.checksum + excluded.checksum) & {checksums.MASK}, count = {{t}}.count + excluded.count, "
@@ -587,7 +616,8 @@ _STATE_UPSERT = _Sql(
     "ops_since_compaction = {t}.ops_since_compaction + excluded.ops_since_compaction, "
     "last_op_id = excluded.last_op_id",
 )
-_ROWS_UPSERT = _Sql(RowBuckets, ["source", "buckets", "version"], "source",
+_NEW_ROWS = Table(RowBuckets, ["source", "buckets", "version"])
+_ROWS = Table(RowBuckets, ["source", "buckets", "version"], "source",
                     "buckets = excluded.buckets, version = excluded.version")
 
 
@@ -606,7 +636,10 @@ def request_resync(using: str = "default") -> int:
     return state.rules_version
 
 
-def _dead_letters(using: str, entries: list[OutboxEntry], reason: str, error: str) -> None:
+def _dead_letters(using: str, entries: list[Entry] | list[OutboxEntry], reason: str, error: str) -> None:
+    ids = [e.id for e in entries]
+    entries = [e for start in range(0, len(ids), 500)
+               for e in OutboxEntry.objects.using(using).filter(id__in=ids[start:start + 500]).order_by("id")]
     DeadLetter.objects.using(using).bulk_create([
         DeadLetter(entry_id=e.id, source=source_key(e.model, e.object_pk), model=e.model, object_pk=e.object_pk,
                    op=e.op, snapshot=e.snapshot, reason=reason, error=error, captured_at=e.created_at)
@@ -655,12 +688,6 @@ def _read_build_rows(qs: models.QuerySet, pk: models.Field, label: str, size: in
 def _model_for(label: str, rules: Rules) -> type[models.Model] | None:
     queries = rules.by_model.get(label)
     return queries[0].model if queries else None
-
-
-def _in_chunks(qs: Any, fieldname: str, values: Any, size: int = 500) -> Iterator[Any]:
-    values = list(values)
-    for start in range(0, len(values), size):
-        yield from qs.filter(**{f"{fieldname}__in": values[start:start + size]})
 
 
 def replicate_now(using: str = "default") -> int:

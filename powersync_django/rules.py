@@ -20,7 +20,14 @@ from django.db import models
 
 from . import paths
 from .conf import get_config
-from .encoding import encode_value, snapshot_to_python
+from .encoding import (
+    SnapshotRow,
+    client_converter,
+    encode_value,
+    is_plain,
+    snapshot_to_python,
+    value_converter,
+)
 
 ROW_LOOKUPS = {"exact", "iexact", "isnull", "in", "gt", "gte", "lt", "lte", "startswith", "endswith", "contains"}
 DEFAULT_PRIORITY = 3
@@ -57,17 +64,61 @@ class DataQuery:
 
     def matches(self, row: Mapping[str, Any]) -> bool:
         """Whether a row (attname -> python value) passes the static filter."""
+        if not self.static_filter:
+            return True
         return all(_row_lookup(row, key, expected) for key, expected in self.static_filter.items())
 
     def render(self, row: Mapping[str, Any]) -> tuple[str, str]:
         """(object_id, data JSON text) of a row for the client."""
-        pk = self.model._meta.pk
-        object_id = str(encode_value(row[pk.attname], pk))
+        if type(row) is SnapshotRow:
+            return self._render_snapshot(row.raw)
+        _, pk_attname, pk_convert, columns, _ = self._value_plan()
+        object_id = str(pk_convert(row[pk_attname]))
         out: dict[str, Any] = {"id": object_id}
-        for col in self.columns:
-            if col is pk:
-                continue
-            out[col.attname] = encode_value(row.get(col.attname), col)
+        for attname, convert in columns:
+            out[attname] = convert(row.get(attname))
+        return object_id, orjson.dumps(out).decode()
+
+    def _value_plan(self) -> tuple[bool, str, Any, list[tuple[str, Any]], dict[str, Any]]:
+        """(iso, pk attname, pk converter, [(attname, converter) of the other columns], {attname: converter}
+        of the fields whose client value is ``encode_value(value)`` whatever the field) for Python rows."""
+        iso = get_config()["DATETIME_FORMAT"] == "iso"
+        cached = self.__dict__.get("_value_plan_cache")
+        if cached is None or cached[0] != iso:
+            pk = self.model._meta.pk
+            converters = {f.attname: value_converter(f, iso) for f in self.model._meta.concrete_fields}
+            plain = {f.attname: converters[f.attname] for f in self.model._meta.concrete_fields if is_plain(f)}
+            cached = self.__dict__["_value_plan_cache"] = (
+                iso, pk.attname, converters[pk.attname],
+                [(c.attname, converters.get(c.attname) or value_converter(c, iso)) for c in self.columns if c is not pk],
+                plain)
+        return cached
+
+    def converters(self) -> dict[str, tuple[Any, bool]]:
+        """attname -> :func:`~powersync_django.encoding.client_converter` of the model's concrete fields, for
+        the current DATETIME_FORMAT."""
+        return self._snapshot_plan()[1]
+
+    def _snapshot_plan(self) -> tuple[bool, dict[str, tuple[Any, bool]], str, Any, list[tuple[str, Any]]]:
+        """(iso, converters, pk attname, pk converter, [(attname, converter) of the other columns])."""
+        iso = get_config()["DATETIME_FORMAT"] == "iso"
+        cached = self.__dict__.get("_snapshot_plan_cache")
+        if cached is None or cached[0] != iso:
+            converters = {f.attname: client_converter(f, iso) for f in self.model._meta.concrete_fields}
+            pk = self.model._meta.pk.attname
+            cached = self.__dict__["_snapshot_plan_cache"] = (
+                iso, converters, pk, converters[pk][0],
+                [(c.attname, converters[c.attname][0]) for c in self.columns if c.attname != pk])
+        return cached
+
+    def _render_snapshot(self, raw: dict[str, Any]) -> tuple[str, str]:
+        """:meth:`render` of a snapshot row, from its snapshot values (same output)."""
+        _, _, pk, pk_convert, columns = self._snapshot_plan()
+        get = raw.get
+        object_id = str(pk_convert(get(pk)))
+        out: dict[str, Any] = {"id": object_id}
+        for attname, convert in columns:
+            out[attname] = convert(get(attname))
         return object_id, orjson.dumps(out).decode()
 
 
@@ -260,8 +311,22 @@ class Rules:
             if any(v is None for v in param_values):
                 continue  # NULL equals no parameter value (SQL semantics): in no bucket
             object_id, data = q.render(row)
-            out.append((bucket_id(d.name, param_values, version), q.table, object_id, data))
+            out.append((self._bucket_id(d.name, param_values, version), q.table, object_id, data))
         return out
+
+    def _bucket_id(self, name: str, values: list[Any], version: int) -> str:
+        """:func:`bucket_id`, remembered: replication computes the ids of the same few buckets row after row."""
+        cache = self.__dict__.setdefault("_bucket_ids", {})
+        try:
+            key = (name, version, *values)  # encoded values: 1 and 1.0 or True cannot both occur
+            return cache[key]
+        except KeyError:
+            if len(cache) > 10_000:
+                cache.clear()
+            value = cache[key] = bucket_id(name, values, version)
+            return value
+        except TypeError:  # an unhashable value
+            return bucket_id(name, values, version)
 
     def request_buckets(
         self, token: Mapping[str, Any], client: Mapping[str, Any], version: int, limit: int | None = None
@@ -375,6 +440,14 @@ def _encode_param(value: Any) -> Any:
 def _param_value(q: DataQuery, row: Mapping[str, Any], param: str) -> Any:
     for attname, name in q.bindings.items():
         if name == param:
+            if type(row) is SnapshotRow:
+                convert, plain = q.converters().get(attname, (None, False))
+                if plain:  # its client value is encode_value(python value)
+                    return _encode_param(convert(row.raw.get(attname)))
+            else:
+                convert = q._value_plan()[4].get(attname)
+                if convert is not None:
+                    return _encode_param(convert(row.get(attname)))
             return _encode_param(row.get(attname))
     raise ImproperlyConfigured(f"Data query of {q.definition!r} does not bind parameter {param!r}.")
 

@@ -298,3 +298,94 @@ def test_snapshots_of_earlier_versions_still_decode():
     assert snapshot_to_python(models.DurationField(), "1 02:03:04") == datetime.timedelta(days=1, seconds=7384)
     # The Python repr an ArrayField used to be stored as.
     assert snapshot_to_python(pg.ArrayField(models.CharField()), "['a', 'b']") == ["a", "b"]
+
+
+# --- snapshot -> client value directly (the replicator's rendering) ------------------------------
+
+def _general(field, raw):
+    """What clients got before client_converter: through the Python value; or the error it raised."""
+    try:
+        return encode_value(snapshot_to_python(field, raw), field)
+    except Exception as exc:  # noqa: BLE001
+        return type(exc)
+
+
+def _direct(field, raw, iso):
+    from powersync_django.encoding import client_converter
+
+    try:
+        return client_converter(field, iso)[0](raw)
+    except Exception as exc:  # noqa: BLE001
+        return type(exc)
+
+
+def _fk_to(target, name):
+    model = type(name, (models.Model,), {
+        "__module__": __name__, "Meta": type("Meta", (), {"app_label": "todos"}), "id": target})
+    return models.ForeignKey(model, on_delete=models.CASCADE)
+
+
+CONVERTER_VALUES = [
+    (models.CharField(), ["text", "", "2026-01-01", 5, True, None]),
+    (models.BooleanField(), [True, False, "not a boolean", 1, 0, "t", None]),
+    (models.IntegerField(), [0, -5, 2**70, "12", 1.5, True, "x", None]),
+    (models.UUIDField(), ["6f1c2b0e-0d4e-4a4b-9a43-2f0b2d8f9c11", "6F1C2B0E-0D4E-4A4B-9A43-2F0B2D8F9C11",
+                          "6f1c2b0e0d4e4a4b9a432f0b2d8f9c11", "{6f1c2b0e-0d4e-4a4b-9a43-2f0b2d8f9c11}",
+                          "6f1c2b0e-0d4e-4a4b-9a43-2f0b2d8f9c1", "not a uuid", 7, None]),
+    (models.DateTimeField(), ["2026-03-04T05:06:07.000890+00:00", "2026-03-04T05:06:07+00:00",
+                              "2026-03-04T05:06:07.120000+00:00", "2026-03-04T05:06:07.000000+00:00",
+                              "2026-03-04T05:06:07.5+00:00", "2026-03-04T05:06:07+01:00", "2026-03-04T05:06:07",
+                              "2026-03-04 05:06:07+00:00", "2026-02-30T05:06:07+00:00", "2026-03-04T25:06:07+00:00",
+                              "0001-01-01T00:00:00+00:00", "bad date", 5, None]),
+    (models.DateField(), ["1999-12-31", "2026-02-30", "2026-2-3", "19991231", "bad", None]),
+    (models.FloatField(), [0.1, -0.0, 1e308, 3, "1.5", "nan", "inf", None]),
+    (models.DecimalField(max_digits=6, decimal_places=2), ["1.50", "+1.5", "01.5", "1E+2", None]),
+    (models.TimeField(), ["23:59:59.999999", "12:00:00", None]),
+    (models.JSONField(), ['{"a": 1}', '"s"', "null", None]),
+    (models.DurationField(), [{"us": 5}, None]),
+]
+CONVERTER_VALUES += [(_fk_to(models.UUIDField(primary_key=True), "ConverterUuidTarget"), CONVERTER_VALUES[3][1]),
+                     (_fk_to(models.CharField(primary_key=True, max_length=5), "ConverterCharTarget"), ["k", 5, None])]
+
+
+@pytest.mark.parametrize("iso", [False, True])
+@pytest.mark.parametrize(("field", "values"), CONVERTER_VALUES)
+def test_client_converter_is_the_general_path(field, values, iso):
+    """Each snapshot value gives the same client value (or the same error) as snapshot_to_python +
+    encode_value, including values capture never writes (non-canonical UUIDs, other offsets, invalid dates)."""
+    if not hasattr(field, "attname"):
+        field.set_attributes_from_name("value")
+    with override_settings(POWERSYNC={**get_config(), "DATETIME_FORMAT": "iso" if iso else "space"}):
+        for raw in values:
+            got, expected = _direct(field, raw, iso), _general(field, raw)
+            assert (type(got), got) == (type(expected), expected), raw
+
+
+PYTHON_VALUES = ["text", "", 0, -5, 2**70, True, False, 1.5, float("nan"), None, uuid.uuid4(),
+                 datetime.datetime(2026, 3, 4, 5, 6, 7, 120000, tzinfo=UTC), datetime.datetime(2026, 3, 4, 5, 6, 7),
+                 datetime.datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC), datetime.datetime(1, 1, 1, 0, 0, 0, 5, tzinfo=UTC),
+                 datetime.datetime(2026, 3, 4, 5, 6, 7, tzinfo=PARIS), datetime.date(1999, 12, 31),
+                 decimal.Decimal("1.50"), b"\x00\xff", {"a": [1]}, [1, "x"], datetime.timedelta(seconds=1.5)]
+
+
+@pytest.mark.parametrize("iso", [False, True])
+@pytest.mark.parametrize("field", [models.CharField(), models.UUIDField(), models.BooleanField(),
+                                   models.IntegerField(), models.DateTimeField(), models.JSONField(),
+                                   models.FloatField(), pg.ArrayField(models.IntegerField())])
+def test_value_converter_is_encode_value(field, iso):
+    """The build's per-column converters give what encode_value gives, for values of any type."""
+    from powersync_django.encoding import value_converter
+
+    def outcome(f, value):
+        try:
+            return f(value)
+        except Exception as exc:  # noqa: BLE001  (a value the field cannot hold: the same error)
+            return type(exc)
+
+    convert = value_converter(field, iso)
+    with override_settings(POWERSYNC={**get_config(), "DATETIME_FORMAT": "iso" if iso else "space"}):
+        for value in PYTHON_VALUES:
+            expected = outcome(lambda v: encode_value(v, field), value)
+            got = outcome(convert, value)
+            assert type(got) is type(expected), value
+            assert got == expected or (got != got and expected != expected), value  # NaN: equal as NaN
