@@ -49,12 +49,13 @@ class Table:
                 if not self.conflict:
                     _copy(connection, cursor, f"COPY {self.table} ({columns}) FROM STDIN", rows)
                     return
-                # Upsert: COPY into a temporary table with the same columns, then one INSERT ... SELECT, in one
-                # transaction (the table is emptied at every commit).
-                stage = f"powersync_stage_{self.table}"
-                with transaction.atomic(using=using, savepoint=False):
-                    self._upsert_via(cursor, stage, columns, rows)
-                return
+                if _may_create_temp_tables(connection, cursor):
+                    # Upsert: COPY into a temporary table with the same columns, then one INSERT ... SELECT, in
+                    # one transaction (the table is emptied at every commit).
+                    stage = f"powersync_stage_{self.table}"
+                    with transaction.atomic(using=using, savepoint=False):
+                        self._upsert_via(cursor, stage, columns, rows)
+                    return
             marks = ", ".join(["%s"] * len(self.fields))
             cursor.executemany(f"INSERT INTO {self.table} ({columns}) VALUES ({marks}){self._tail()}", rows)
 
@@ -64,6 +65,19 @@ class Table:
         cursor.execute(f"DELETE FROM {stage}")  # noqa: S608  (empty unless written twice in a transaction)
         _copy(cursor.db, cursor, f"COPY {stage} ({columns}) FROM STDIN", rows)
         cursor.execute(f"INSERT INTO {self.table} ({columns}) SELECT {columns} FROM {stage}{self._tail()}")  # noqa: S608
+
+
+_TEMP_ALLOWED = "_powersync_temp_allowed"  # connection attribute: (DB-API connection, bool)
+
+
+def _may_create_temp_tables(connection: Any, cursor: Any) -> bool:
+    """Whether this PostgreSQL session may create temporary tables (managed services sometimes revoke the
+    ``TEMP`` privilege; upserts then use ``executemany``). Asked once per database session."""
+    known = connection.__dict__.get(_TEMP_ALLOWED)
+    if known is None or known[0] is not connection.connection:
+        cursor.execute("SELECT has_database_privilege(current_database(), 'TEMP')")
+        known = connection.__dict__[_TEMP_ALLOWED] = (connection.connection, bool(cursor.fetchone()[0]))
+    return known[1]
 
 
 def _copy(connection: Any, cursor: Any, sql: str, rows: list[tuple]) -> None:

@@ -53,3 +53,32 @@ def test_select_and_delete_by_many_keys():
     delete_in("default", RowBuckets, "source", keys[1::2])
     assert set(_rows()) == set(keys[::2])
     assert list(select_in("default", "SELECT 1 WHERE 1 {keys}", [])) == []
+
+
+@pytest.mark.django_db(transaction=True)
+def test_upsert_works_for_a_role_without_the_temp_privilege():
+    """Managed PostgreSQL services may revoke ``TEMP``: the upsert then runs without a staging table (before,
+    every replication batch failed with "permission denied" and was retried forever)."""
+    if connection.vendor != "postgresql":
+        pytest.skip("PostgreSQL-only test; runs in the PostgreSQL pass")
+    role = "powersync_test_no_temp"
+    database = connection.settings_dict["NAME"]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", [role])
+        if not cursor.fetchone():
+            cursor.execute(f"CREATE ROLE {role}")
+        cursor.execute(f'REVOKE TEMP ON DATABASE "{database}" FROM PUBLIC')
+        cursor.execute(f"GRANT ALL ON {RowBuckets._meta.db_table} TO {role}")
+    connection.close()  # a new session: no staging table from before, the privilege asked afresh
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET ROLE {role}")
+        with transaction.atomic():
+            ROWS.write("default", [("a", "[1]", 1), ("b", "[2]", 1)])
+            ROWS.write("default", [("b", "[3]", 2)])
+        assert _rows() == {"a": ("[1]", 1), "b": ("[3]", 2)}
+    finally:
+        connection.close()
+        with connection.cursor() as cursor:
+            cursor.execute(f'GRANT TEMP ON DATABASE "{database}" TO PUBLIC')
+            cursor.execute(f"REVOKE ALL ON {RowBuckets._meta.db_table} FROM {role}")
