@@ -8,7 +8,7 @@ not named by any bucket definition (its saves still pass the global capture rece
 Measured in each run, tracked and untracked interleaved:
 
 - ``save()`` of a new todo in autocommit;
-- ``save()`` of a new todo inside ``transaction.atomic()`` of 100 saves (time per save);
+- ``save()`` of a new todo inside ``transaction.atomic()`` of 100 saves (time per save, the commit included);
 - ``save()`` of an existing list (``todos.TodoList``: read by parameter queries, its owner is a targeted
   field, so capture reads the earlier value) in autocommit;
 - ``bulk_create`` of N rows (``PowerSyncQuerySet`` vs plain), ``update()`` and ``delete()`` of those N rows.
@@ -33,8 +33,8 @@ from urllib.parse import urlparse, urlunparse
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SAVES = int(os.environ.get("BENCH_SAVES", "300"))  # saves per autocommit measurement
-TXNS = int(os.environ.get("BENCH_TXNS", "5"))  # transactions of 100 saves per measurement
+SAVES = int(os.environ.get("BENCH_SAVES", "20"))  # saves per block in autocommit
+BLOCKS = int(os.environ.get("BENCH_BLOCKS", "20"))  # blocks (tracked and untracked each) per run and measurement
 
 
 def _scratch_database(url: str) -> tuple[str, Callable[[], None]]:
@@ -148,29 +148,37 @@ def _run(args: argparse.Namespace) -> None:
     def wanted(name: str) -> bool:
         return not only or name in only
 
+    def save_new(kind: str, n: int) -> None:
+        todo_model, the_list = pairs[kind][1], lists[kind]
+        for i in range(n):
+            todo_model(list=the_list, description=f"todo {i}").save()
+
+    def save_in_atomic(kind: str, n: int) -> None:
+        with transaction.atomic():
+            save_new(kind, n)
+
+    def save_list(kind: str, n: int) -> None:
+        the_list = lists[kind]
+        for i in range(n):
+            the_list.name = f"bench {i}"
+            the_list.save()
+
+    # Saves: short blocks, tracked and untracked alternating (which goes first too), so that both see the same
+    # machine load; the ratio is the median of the blocks' ratios.
+    saves = {"save_autocommit": (save_new, SAVES), "save_atomic100": (save_in_atomic, 100),
+             "save_list_update": (save_list, SAVES)}
     for run in range(args.runs):
+        for name, (func, per_block) in saves.items():
+            if not wanted(name):
+                continue
+            for block in range(BLOCKS):
+                order = ("tracked", "untracked") if block % 2 else ("untracked", "tracked")
+                for kind in order:
+                    started = time.perf_counter()
+                    func(kind, per_block)
+                    measure(name, kind, time.perf_counter() - started, per_block)
         for kind, (_list, todo_model, captured_qs) in pairs.items():
             the_list = lists[kind]
-            if wanted("save_autocommit"):
-                objs = [todo_model(list=the_list, description=f"todo {i}") for i in range(SAVES)]
-                started = time.perf_counter()
-                for obj in objs:
-                    obj.save()
-                measure("save_autocommit", kind, time.perf_counter() - started, SAVES)
-            if wanted("save_atomic100"):
-                objs = [todo_model(list=the_list, description=f"todo {i}") for i in range(100 * TXNS)]
-                started = time.perf_counter()
-                for t in range(TXNS):
-                    with transaction.atomic():
-                        for obj in objs[t * 100:(t + 1) * 100]:
-                            obj.save()
-                measure("save_atomic100", kind, time.perf_counter() - started, 100 * TXNS)
-            if wanted("save_list_update"):
-                started = time.perf_counter()
-                for i in range(SAVES):
-                    the_list.name = f"bench {i}"
-                    the_list.save()
-                measure("save_list_update", kind, time.perf_counter() - started, SAVES)
             todo_model.objects.all()._raw_delete("default")  # not measured
             if not (wanted("bulk_create") or wanted("update") or wanted("delete")):
                 continue
@@ -187,7 +195,7 @@ def _run(args: argparse.Namespace) -> None:
             qs.filter(list=the_list).delete()
             measure("delete", kind, time.perf_counter() - started, 1)
         OutboxEntry.objects.all()._raw_delete("default")  # what a replicator would have consumed
-        line = ", ".join(f"{name} {v['tracked'][-1] / v['untracked'][-1]:.2f}x" for name, v in results.items())
+        line = ", ".join(f"{name} {_ratio(v):.2f}x" for name, v in results.items())
         print(f"run {run + 1}: {line}", flush=True)
 
     print(f"\n{connection.vendor}, {args.runs} runs, {args.rows} rows for the bulk operations; medians:")
@@ -195,8 +203,12 @@ def _run(args: argparse.Namespace) -> None:
     for name, v in results.items():
         unit, scale = ("ms", 1000) if name in ("bulk_create", "update", "delete") else ("us", 1e6)
         u, t = statistics.median(v["untracked"]), statistics.median(v["tracked"])
-        ratios = [a / b for a, b in zip(v["tracked"], v["untracked"], strict=True)]
-        print(f"{name:<18} {u * scale:>9.1f} {unit} {t * scale:>9.1f} {unit} {statistics.median(ratios):>6.2f}x")
+        print(f"{name:<18} {u * scale:>9.1f} {unit} {t * scale:>9.1f} {unit} {_ratio(v):>6.2f}x")
+
+
+def _ratio(v: dict[str, list[float]]) -> float:
+    """Median of the ratios tracked / untracked of paired measurements."""
+    return statistics.median(a / b for a, b in zip(v["tracked"], v["untracked"], strict=True))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ from django.apps import apps as django_apps
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import connections, models, router, transaction
-from django.db.models.deletion import Collector
 from django.db.models.expressions import BaseExpression
 from django.db.models.signals import class_prepared, m2m_changed, post_delete, post_save, pre_delete, pre_save
 
@@ -171,7 +170,6 @@ def write_entries(entries: Sequence[OutboxEntry | Row], using: str) -> None:
     them once the transaction commits (:mod:`~powersync_django.outbox_write`)."""
     if not entries:
         return
-    outbox_write.flush(using)  # rows deferred by a deletion in progress come first
     outbox_write.insert_rows([(e.model, e.object_pk, e.op, e.snapshot) if isinstance(e, OutboxEntry) else e
                               for e in entries], using)
 
@@ -264,9 +262,7 @@ def _family(model: type[models.Model], tracked: frozenset[str]) -> tuple[list, l
 def _on_delete(sender: type[models.Model], instance: models.Model, using: str = "default", **kwargs: Any) -> None:
     if not is_tracked(sender):
         return
-    row = _delete_entry(sender, instance, get_rules())
-    if not outbox_write.defer(row, using):
-        write_entries([row], using)
+    write_entries([_delete_entry(sender, instance, get_rules())], using)
 
 
 # --- many-to-many ----------------------------------------------------------------------------------
@@ -401,25 +397,6 @@ def _atomic_save_base(original: Any) -> Any:
     return save_base
 
 
-def _batched_collector_delete(original: Any) -> Any:
-    """``Collector.delete`` that writes the D entries of tracked rows in batches, not one INSERT per row.
-
-    ``post_delete`` is sent once per deleted row; when the collector holds rows of tracked models, their
-    entries are queued (:func:`outbox_write.deferring`) and written before the transaction ends, which this
-    wrapper opens when the caller has none (in autocommit, Django's own ``atomic`` would commit first).
-    """
-    @functools.wraps(original)
-    def delete(self: Collector) -> Any:
-        tracked = tracked_labels()
-        if not any(label_of(model) in tracked for model in self.data):
-            return original(self)
-        with transaction.atomic(using=self.using, savepoint=False), outbox_write.deferring(self.using):
-            return original(self)
-
-    delete._powersync_batched = True  # type: ignore[attr-defined]
-    return delete
-
-
 def connect_signals() -> None:
     """Connect the receivers and make saves of tracked models atomic (called from AppConfig.ready).
 
@@ -431,8 +408,7 @@ def connect_signals() -> None:
     post_save.connect(_on_save, dispatch_uid="powersync_django.capture.save")
     class_prepared.connect(_on_class_prepared, dispatch_uid="powersync_django.capture.class_prepared")
     setting_changed.connect(_on_setting_changed, dispatch_uid="powersync_django.capture.setting_changed")
-    if not getattr(Collector.delete, "_powersync_batched", False):
-        Collector.delete = _batched_collector_delete(Collector.delete)
+    outbox_write.install()
     for model in django_apps.get_models(include_auto_created=True):
         _track(model)
 

@@ -1,25 +1,35 @@
-"""Writing outbox rows: one multi-row INSERT per batch, the replicator's notification in the same statement.
+"""Writing outbox rows: queued in memory during a transaction, written by one multi-row INSERT before it ends.
 
-On PostgreSQL the INSERT runs inside ``WITH ... SELECT pg_notify(...)``: a write of any number of rows (up to
-:data:`BATCH_ROWS`) is one round trip, and the notification is queued by the very statement that writes the
-rows, so it is delivered exactly when they commit and dropped with them (a rolled-back savepoint drops both).
-PostgreSQL merges identical notifications of one transaction into one.
+Inside an ``atomic`` block, rows are queued on the connection and written (in the transaction, in order):
 
-The in-process wake-up (:func:`notify.outbox_changed`) is registered with ``on_commit`` at most once per
-transaction and savepoint level (see :func:`_wake_on_commit`).
+- just before the transaction commits (Django's ``commit``, wrapped by :func:`install`);
+- before any savepoint statement (``SAVEPOINT``, ``RELEASE``, ``ROLLBACK TO``: rows queued inside a savepoint
+  then live or die with it, rows queued before it are not dropped by its rollback), and before any statement
+  that names the outbox table (code reading the outbox in the same transaction sees its rows), through an
+  execute wrapper;
+- when :data:`BATCH_ROWS` are queued.
 
-:func:`deferring` lets a caller that sends many signals in a row (Django's deletion collector) collect the rows
-and write them in batches before its transaction ends.
+A rolled-back transaction discards them (Django's ``rollback``, wrapped too), so do a connection closed or
+replaced meanwhile. Outside ``atomic`` blocks rows are written at once.
+
+On PostgreSQL each INSERT runs inside ``WITH ... SELECT pg_notify(...)``: the notification is queued by the very
+statement that writes the rows, so it is delivered exactly when they commit and dropped with them; PostgreSQL
+merges identical notifications of one transaction. A transaction of 100 captured saves thus costs one extra
+statement, not 100 INSERTs and 100 ``pg_notify``.
+
+The in-process wake-up (:func:`notify.outbox_changed`) is registered with ``on_commit`` once per transaction
+(see :func:`_wake_on_commit`).
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import functools
+from collections.abc import Callable, Sequence
 from functools import lru_cache
+from typing import Any
 
 from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from . import notify
@@ -48,11 +58,49 @@ def _batch_rows(connection: object) -> int:
     return max(1, min(BATCH_ROWS, limit // len(COLUMNS)))
 
 
+_QUEUE = "_powersync_outbox_queue"  # connection attribute: (DB-API connection, rows)
+_FLUSH_BEFORE = ("SAVEPOINT", "RELEASE", "ROLLBACK", "COMMIT", "END", "PREPARE")
+
+
 def insert_rows(rows: Sequence[Row], using: str) -> None:
-    """Insert outbox rows now (in the caller's transaction) and wake this process's replicator at commit."""
+    """Write outbox rows in the caller's transaction (queued until before it ends, see the module) and wake
+    this process's replicator once it commits."""
     if not rows:
         return
     connection = connections[using]
+    if connection.in_atomic_block:
+        connection.ensure_connection()
+        queued = connection.__dict__.get(_QUEUE)
+        if queued is None or queued[0] is not connection.connection:
+            queued = connection.__dict__[_QUEUE] = (connection.connection, [])
+            _install_wrapper(connection)
+        queued[1].extend(rows)
+        if len(queued[1]) >= BATCH_ROWS:
+            flush(connection)
+    else:
+        _write(connection, rows)
+    _wake_on_commit(using)
+
+
+def flush(connection: BaseDatabaseWrapper) -> None:
+    """Write the rows queued on a connection now."""
+    queued = connection.__dict__.get(_QUEUE)
+    if not queued or not queued[1]:
+        return
+    rows = queued[1][:]
+    queued[1].clear()
+    if queued[0] is connection.connection:  # else: that transaction is gone with its connection
+        _write(connection, rows)
+
+
+def discard(connection: BaseDatabaseWrapper) -> None:
+    """Forget the rows queued on a connection (its transaction rolled back)."""
+    queued = connection.__dict__.get(_QUEUE)
+    if queued:
+        queued[1].clear()
+
+
+def _write(connection: BaseDatabaseWrapper, rows: Sequence[Row]) -> None:
     opts = OutboxEntry._meta
     quote = connection.ops.quote_name
     table = quote(opts.db_table)
@@ -66,78 +114,57 @@ def insert_rows(rows: Sequence[Row], using: str) -> None:
             for model, pk, op, snapshot in chunk:
                 params += (model, pk, op, snapshot, created)
             cursor.execute(_insert_sql(connection.vendor, table, columns, len(chunk)), params)
-    _wake_on_commit(using)
+
+
+def _flush_first(execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
+    """Execute wrapper: write queued rows before savepoint and transaction statements and statements naming
+    the outbox table."""
+    connection = context["connection"]
+    queued = connection.__dict__.get(_QUEUE)
+    if queued and queued[1] and isinstance(sql, str) and (
+            sql.lstrip()[:9].upper().startswith(_FLUSH_BEFORE) or OutboxEntry._meta.db_table in sql):
+        flush(connection)
+    return execute(sql, params, many, context)
+
+
+def _install_wrapper(connection: BaseDatabaseWrapper) -> None:
+    # First in the list (the innermost): ``connection.execute_wrapper()`` blocks pop the last one on exit.
+    if _flush_first not in connection.execute_wrappers:
+        connection.execute_wrappers.insert(0, _flush_first)
+
+
+def install() -> None:
+    """Wrap Django's commit (write queued rows first) and rollback (discard them), once."""
+    base = BaseDatabaseWrapper
+    if getattr(base._commit, "_powersync_outbox", False):
+        return
+    original_commit, original_rollback = base._commit, base._rollback
+
+    @functools.wraps(original_commit)
+    def _commit(self: BaseDatabaseWrapper) -> Any:
+        flush(self)
+        return original_commit(self)
+
+    @functools.wraps(original_rollback)
+    def _rollback(self: BaseDatabaseWrapper) -> Any:
+        discard(self)
+        return original_rollback(self)
+
+    _commit._powersync_outbox = True  # type: ignore[attr-defined]
+    base._commit, base._rollback = _commit, _rollback  # type: ignore[method-assign]
 
 
 def _wake_on_commit(using: str) -> None:
-    """``on_commit(notify.outbox_changed)``, unless already registered where it survives every rollback that
-    would drop the rows just written: a callback registered at savepoints S survives unless one of S is rolled
-    back, which also drops anything written inside S, so it covers writes made at any deeper level."""
+    """``on_commit(notify.outbox_changed)``, unless the transaction already has it registered.
+
+    A registration still listed survives every rollback that would drop the rows just written: Django drops
+    a callback when a savepoint it was registered in is rolled back; those of its savepoints that are still
+    open are on the current savepoint stack, so rolling one back drops the new rows too (released ones can no
+    longer be rolled back).
+    """
     connection = connections[using]
     if connection.in_atomic_block:
-        current = set(connection.savepoint_ids)
-        for sids, func, _robust in reversed(connection.run_on_commit):
-            if func is notify.outbox_changed and sids <= current:
+        for _sids, func, _robust in connection.run_on_commit:
+            if func is notify.outbox_changed:
                 return
     transaction.on_commit(notify.outbox_changed, using=using)
-
-
-# --- deferred writes (deletion collector) ---------------------------------------------------------------
-
-_deferred = threading.local()
-
-
-def _pending(using: str) -> list[Row] | None:
-    return getattr(_deferred, "rows", {}).get(using)
-
-
-def flush(using: str) -> None:
-    """Write the rows deferred on ``using`` so far (before anything else writes to the outbox there)."""
-    rows = _pending(using)
-    if rows:
-        batch = rows[:]
-        rows.clear()
-        insert_rows(batch, using)
-
-
-def defer(row: Row, using: str) -> bool:
-    """Queue a row if a :func:`deferring` block is open on ``using``; False: write it yourself."""
-    rows = _pending(using)
-    if rows is None:
-        return False
-    rows.append(row)
-    if len(rows) >= BATCH_ROWS:
-        flush(using)
-    return True
-
-
-@contextmanager
-def deferring(using: str) -> Iterator[None]:
-    """Queue the rows :func:`defer` is given on ``using`` and write them when the block ends without error.
-
-    The block must run inside the transaction the rows belong to (the caller's ``atomic``). Rows queued by an
-    enclosing block are written first, so rows keep the order of the changes; so are queued rows before a
-    savepoint is created in the block (code run by a signal receiver): rolling that savepoint back must not
-    drop them. On error the queued rows are discarded: the transaction of the changes does not commit either.
-    """
-    flush(using)
-    stacks = getattr(_deferred, "rows", None)
-    if stacks is None:
-        stacks = _deferred.rows = {}
-    outer = stacks.get(using)
-    stacks[using] = []
-
-    def before_savepoint(execute, sql, params, many, context):  # noqa: ANN001, ANN202
-        if isinstance(sql, str) and sql.lstrip()[:9].upper() == "SAVEPOINT":
-            flush(using)
-        return execute(sql, params, many, context)
-
-    try:
-        with connections[using].execute_wrapper(before_savepoint):
-            yield
-            flush(using)
-    finally:
-        if outer is None:
-            del stacks[using]
-        else:
-            stacks[using] = outer
