@@ -475,13 +475,14 @@ def record_changed(model: type[models.Model], pks: Iterable[Any], using: str | N
     entries: list[Row] = []
     label = label_of(model)
     found: list[Any] = []
+    size = _chunk(using)
     with transaction.atomic(using=using, savepoint=False):
-        for start in range(0, len(pks), 500):
-            for obj in _locking(model._base_manager.using(using)).filter(pk__in=pks[start:start + 500]):
-                found.append(obj.pk)
+        for start in range(0, len(pks), size):
+            for pk, values in _locked_rows(model, pks[start:start + size], using):
+                found.append(pk)
                 if tracked:
-                    old = None if previous is None else previous.get(str(obj.pk), False)
-                    entries.append(_save_entry(model, obj.pk, _values(obj), old))
+                    old = None if previous is None else previous.get(str(pk), False)
+                    entries.append(_save_entry(model, pk, values, old))
         if tracked:
             seen = {str(pk) for pk in found}
             for pk in pks:
@@ -489,11 +490,26 @@ def record_changed(model: type[models.Model], pks: Iterable[Any], using: str | N
                 if key not in seen:
                     entries.append((label, key, OutboxEntry.DELETE, None))
         for relative in (*family[0], *family[1]):
-            for start in range(0, len(found), 500):
-                rows = _locking(relative._base_manager.using(using)).filter(pk__in=found[start:start + 500])
-                entries.extend(_save_entry(relative, obj.pk, _values(obj), None) for obj in rows)
+            for start in range(0, len(found), size):
+                entries.extend(_save_entry(relative, pk, values, None)
+                               for pk, values in _locked_rows(relative, found[start:start + size], using))
         write_entries(entries, using)
     return len(entries)
+
+
+def _chunk(using: str) -> int:
+    """Keys per ``pk IN (...)`` query."""
+    limit = connections[using].features.max_query_params or 5000
+    return max(1, min(5000, limit - 10))
+
+
+def _locked_rows(model: type[models.Model], pks: list[Any], using: str) -> Iterable[tuple[Any, dict[str, Any]]]:
+    """(primary key, snapshot values) of the rows of ``model`` with these keys, locked (no model instances)."""
+    plan = _field_plan(model)
+    pk_index = next(i for i, (f, _a, _s) in enumerate(plan) if f.primary_key)
+    qs = _locking(model._base_manager.using(using)).filter(pk__in=pks).values_list(*(a for _f, a, _s in plan))
+    for row in qs:
+        yield row[pk_index], {a: snapshot_value(f, v, synced=s) for (f, a, s), v in zip(plan, row, strict=True)}
 
 
 def _locking(qs: models.QuerySet) -> models.QuerySet:
@@ -523,8 +539,9 @@ class PowerSyncQuerySet(models.QuerySet):
             found, previous = _previous(select)
             pks = list(dict.fromkeys(found))
             count = 0
-            for start in range(0, len(pks), 500):
-                count += models.QuerySet.update(self.filter(pk__in=pks[start:start + 500]), **kwargs)
+            size = _chunk(self.db)
+            for start in range(0, len(pks), size):
+                count += models.QuerySet.update(self.filter(pk__in=pks[start:start + size]), **kwargs)
             record_changed(self.model, pks, using=self.db, previous=previous)
         return count
 

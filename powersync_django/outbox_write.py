@@ -14,7 +14,8 @@ replaced meanwhile. Outside ``atomic`` blocks rows are written at once.
 
 On PostgreSQL each INSERT runs inside ``WITH ... SELECT pg_notify(...)``: the notification is queued by the very
 statement that writes the rows, so it is delivered exactly when they commit and dropped with them; PostgreSQL
-merges identical notifications of one transaction. A transaction of 100 captured saves thus costs one extra
+merges identical notifications of one transaction. Large batches go by ``COPY`` followed by ``pg_notify`` in
+the same transaction. A transaction of 100 captured saves thus costs one extra
 statement, not 100 INSERTs and 100 ``pg_notify``.
 
 The in-process wake-up (:func:`notify.outbox_changed`) is registered with ``on_commit`` once per transaction
@@ -42,19 +43,25 @@ Row = tuple[str, str, str, "str | None"]
 
 COLUMNS = ("model", "object_pk", "op", "snapshot", "created_at")
 BATCH_ROWS = 1000  # rows per INSERT (5 parameters each); SQLite: limited by its parameter count
+COPY_ROWS = 200  # PostgreSQL: from this many rows on, COPY (formatted in C) and a separate pg_notify
 
 
 @lru_cache(maxsize=64)
 def _insert_sql(vendor: str, quoted_table: str, quoted_columns: str, rows: int) -> str:
-    values = ", ".join(["(%s, %s, %s, %s, %s)"] * rows)
-    sql = f"INSERT INTO {quoted_table} ({quoted_columns}) VALUES {values}"  # noqa: S608 (names from the model)
+    """SQLite: a multi-row VALUES list. PostgreSQL: four array parameters whatever the number of rows (a long
+    list of placeholders costs more to build and parse than the rows), and the notification."""
     if vendor == "postgresql":
-        return f"WITH written AS ({sql}) SELECT pg_notify('{OUTBOX_CHANNEL}', '')"
-    return sql
+        return (f"WITH written AS (INSERT INTO {quoted_table} ({quoted_columns}) "  # noqa: S608 (model names)
+                "SELECT r.*, %s FROM unnest(%s::text[], %s::text[], %s::text[], %s::text[]) AS r) "
+                f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')")
+    values = ", ".join(["(%s, %s, %s, %s, %s)"] * rows)
+    return f"INSERT INTO {quoted_table} ({quoted_columns}) VALUES {values}"  # noqa: S608 (names from the model)
 
 
-def _batch_rows(connection: object) -> int:
-    limit = getattr(connection.features, "max_query_params", None) or 65535  # type: ignore[attr-defined]
+def _batch_rows(connection: BaseDatabaseWrapper) -> int:
+    if connection.vendor == "postgresql":
+        return 10 * BATCH_ROWS
+    limit = connection.features.max_query_params or 65535
     return max(1, min(BATCH_ROWS, limit // len(COLUMNS)))
 
 
@@ -107,13 +114,26 @@ def _write(connection: BaseDatabaseWrapper, rows: Sequence[Row]) -> None:
     columns = ", ".join(quote(opts.get_field(name).column) for name in COLUMNS)
     created = opts.get_field("created_at").get_db_prep_value(timezone.now(), connection)
     size = _batch_rows(connection)
+    postgresql = connection.vendor == "postgresql"
     with connection.cursor() as cursor:
         for start in range(0, len(rows), size):
             chunk = rows[start:start + size]
-            params: list[object] = []
-            for model, pk, op, snapshot in chunk:
-                params += (model, pk, op, snapshot, created)
-            cursor.execute(_insert_sql(connection.vendor, table, columns, len(chunk)), params)
+            params: list[object]
+            if postgresql and len(chunk) >= COPY_ROWS:
+                with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                    for row in chunk:
+                        copy.write_row((*row, created))
+                cursor.execute(f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')")
+                continue
+            if postgresql:
+                params = [created, *(list(column) for column in zip(*chunk, strict=True))]
+                sql = _insert_sql(connection.vendor, table, columns, 0)
+            else:
+                params = []
+                for model, pk, op, snapshot in chunk:
+                    params += (model, pk, op, snapshot, created)
+                sql = _insert_sql(connection.vendor, table, columns, len(chunk))
+            cursor.execute(sql, params)
 
 
 def _flush_first(execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:

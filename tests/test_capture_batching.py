@@ -119,6 +119,19 @@ def test_a_full_queue_is_written_mid_transaction(the_list, monkeypatch):
     assert len(outbox_statements(ctx)) >= 3
 
 
+def test_large_batches_are_written_whole_and_in_order(the_list, monkeypatch):
+    """Bulk paths write many rows per statement (PostgreSQL: COPY from ``COPY_ROWS`` on, then pg_notify)."""
+    from powersync_django.capture import PowerSyncQuerySet
+
+    monkeypatch.setattr(outbox_write, "COPY_ROWS", 50)
+    created = PowerSyncQuerySet(Todo).bulk_create([Todo(list=the_list, description=f"t{i}") for i in range(120)])
+    assert entries() == [(str(t.pk), "S") for t in created]
+    with pytest.raises(RuntimeError), transaction.atomic():
+        PowerSyncQuerySet(Todo).bulk_create([Todo(list=the_list, description=f"x{i}") for i in range(60)])
+        raise RuntimeError
+    assert len(entries()) == 120
+
+
 def test_the_replicator_is_woken_once_per_committed_transaction(the_list, wakeups):
     with transaction.atomic():
         for i in range(5):
@@ -152,8 +165,10 @@ def test_a_wake_up_registered_in_a_rolled_back_savepoint_does_not_cover_later_ro
 
 
 @pytest.mark.postgres
-def test_a_notification_is_delivered_for_each_committed_transaction_with_entries(the_list):
+def test_a_notification_is_delivered_for_each_committed_transaction_with_entries(the_list, monkeypatch):
     import psycopg
+
+    from powersync_django.capture import PowerSyncQuerySet
 
     settings = connection.settings_dict
     listener = psycopg.connect(host=settings["HOST"] or None, port=settings["PORT"] or None,
@@ -181,5 +196,12 @@ def test_a_notification_is_delivered_for_each_committed_transaction_with_entries
         assert heard() == 1
         Todo.objects.create(list=the_list, description="autocommit")
         assert heard() == 1
+        monkeypatch.setattr(outbox_write, "COPY_ROWS", 50)
+        PowerSyncQuerySet(Todo).bulk_create([Todo(list=the_list, description=f"b{i}") for i in range(60)])
+        assert heard() == 1
+        with pytest.raises(RuntimeError), transaction.atomic():
+            PowerSyncQuerySet(Todo).bulk_create([Todo(list=the_list, description=f"x{i}") for i in range(60)])
+            raise RuntimeError
+        assert heard() == 0
     finally:
         listener.close()
