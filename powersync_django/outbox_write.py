@@ -15,7 +15,8 @@ replaced meanwhile. Outside ``atomic`` blocks rows are written at once.
 On PostgreSQL each INSERT runs inside ``WITH ... SELECT pg_notify(...)``: the notification is queued by the very
 statement that writes the rows, so it is delivered exactly when they commit and dropped with them; PostgreSQL
 merges identical notifications of one transaction. Large batches go by ``COPY`` followed by ``pg_notify`` in
-the same transaction. A transaction of 100 captured saves thus costs one extra
+the same transaction. With psycopg 3's client-side binding (Django's default) the last statement before a
+commit carries the ``COMMIT`` too: a captured autocommit save costs BEGIN, its INSERT, and INSERT+COMMIT. A transaction of 100 captured saves thus costs one extra
 statement, not 100 INSERTs and 100 ``pg_notify``.
 
 The in-process wake-up (:func:`notify.outbox_changed`) is registered with ``on_commit`` once per transaction
@@ -89,15 +90,22 @@ def insert_rows(rows: Sequence[Row], using: str) -> None:
     _wake_on_commit(using)
 
 
-def flush(connection: BaseDatabaseWrapper) -> None:
-    """Write the rows queued on a connection now."""
+def flush(connection: BaseDatabaseWrapper, commit: bool = False) -> None:
+    """Write the rows queued on a connection now (``commit``: and commit, where one round trip can do both)."""
     queued = connection.__dict__.get(_QUEUE)
     if not queued or not queued[1]:
         return
     rows = queued[1][:]
     queued[1].clear()
     if queued[0] is connection.connection:  # else: that transaction is gone with its connection
-        _write(connection, rows)
+        _write(connection, rows, commit=commit and _can_append_commit(connection))
+
+
+def _can_append_commit(connection: BaseDatabaseWrapper) -> bool:
+    """Whether a statement and ``COMMIT`` can go in one round trip: psycopg 3 with client-side binding sends
+    them as one simple query, and its ``commit()`` then finds the connection idle and sends nothing."""
+    return (connection.vendor == "postgresql" and getattr(connection.Database, "__name__", "") == "psycopg"
+            and connection.settings_dict.get("OPTIONS", {}).get("server_side_binding") is not True)
 
 
 def discard(connection: BaseDatabaseWrapper) -> None:
@@ -107,7 +115,8 @@ def discard(connection: BaseDatabaseWrapper) -> None:
         queued[1].clear()
 
 
-def _write(connection: BaseDatabaseWrapper, rows: Sequence[Row]) -> None:
+def _write(connection: BaseDatabaseWrapper, rows: Sequence[Row], commit: bool = False) -> None:
+    """Insert rows; ``commit``: end the last statement with ``COMMIT`` (only where :func:`_can_append_commit`)."""
     opts = OutboxEntry._meta
     quote = connection.ops.quote_name
     table = quote(opts.db_table)
@@ -123,11 +132,14 @@ def _write(connection: BaseDatabaseWrapper, rows: Sequence[Row]) -> None:
                 with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                     for row in chunk:
                         copy.write_row((*row, created))
-                cursor.execute(f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')")
+                last = commit and start + size >= len(rows)
+                cursor.execute(f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')" + ("; COMMIT" if last else ""))
                 continue
             if postgresql:
                 params = [created, *(list(column) for column in zip(*chunk, strict=True))]
                 sql = _insert_sql(connection.vendor, table, columns, 0)
+                if commit and start + size >= len(rows):
+                    sql += "; COMMIT"
             else:
                 params = []
                 for model, pk, op, snapshot in chunk:
@@ -162,7 +174,7 @@ def install() -> None:
 
     @functools.wraps(original_commit)
     def _commit(self: BaseDatabaseWrapper) -> Any:
-        flush(self)
+        flush(self, commit=True)
         return original_commit(self)
 
     @functools.wraps(original_rollback)
