@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,15 +30,14 @@ from django.db import connections, models, router, transaction
 from django.db.models.expressions import BaseExpression
 from django.db.models.signals import class_prepared, m2m_changed, post_delete, post_save, pre_delete, pre_save
 
-from . import notify
+from . import outbox_write
 from .encoding import snapshot_value
 from .models import OutboxEntry
+from .outbox_write import OUTBOX_CHANNEL as OUTBOX_CHANNEL  # re-exported: the replicator LISTENs on it
+from .outbox_write import Row
 from .rules import OLD_VALUES, Rules, get_rules
 
 logger = logging.getLogger(__name__)
-
-OUTBOX_CHANNEL = "powersync_outbox"
-
 
 def tracked_labels() -> frozenset[str]:
     return get_rules().captured_labels
@@ -47,6 +46,36 @@ def tracked_labels() -> frozenset[str]:
 def label_of(model: type[models.Model]) -> str:
     """The label rows of a model are recorded under: proxies write the rows of their concrete model."""
     return model._meta.concrete_model._meta.label_lower
+
+
+# Per bucket definitions (a Rules object): model -> ((field, attname, synced), ...), label -> targeted fields.
+_model_cache: list[Any] = [None, {}, {}]
+
+
+def _caches(rules: Rules) -> tuple[dict[type[models.Model], tuple], dict[str, list[models.Field]]]:
+    if _model_cache[0] is not rules:
+        _model_cache[:] = [rules, {}, {}]
+    return _model_cache[1], _model_cache[2]
+
+
+def _field_plan(model: type[models.Model]) -> tuple[tuple[models.Field, str, bool], ...]:
+    """(field, attname, synced) of a model's concrete fields, cached per bucket definitions."""
+    plans = _caches(get_rules())[0]
+    plan = plans.get(model)
+    if plan is None:
+        synced = synced_columns(model)
+        plan = plans[model] = tuple((f, f.attname, f.attname in synced) for f in model._meta.concrete_fields)
+    return plan
+
+
+def _targeted_fields(label: str) -> list[models.Field]:
+    """``Rules.targeted_fields``, cached per bucket definitions."""
+    rules = get_rules()
+    cache = _caches(rules)[1]
+    found = cache.get(label)
+    if found is None:
+        found = cache[label] = rules.targeted_fields(label)
+    return found
 
 
 def is_tracked(model: type[models.Model]) -> bool:
@@ -60,10 +89,8 @@ def _values(instance: models.Model, model: type[models.Model] | None = None) -> 
     cannot receive (NaN, JSON nested too deeply...): the save fails with a clear message rather than the
     replicator later.
     """
-    model = model or type(instance)
-    synced = synced_columns(model)
-    return {f.attname: snapshot_value(f, getattr(instance, f.attname), synced=f.attname in synced)
-            for f in model._meta.concrete_fields}
+    return {attname: snapshot_value(f, getattr(instance, attname), synced=synced)
+            for f, attname, synced in _field_plan(model or type(instance))}
 
 
 def snapshot(instance: models.Model) -> str:
@@ -91,16 +118,16 @@ def synced_columns(model: type[models.Model]) -> frozenset[str]:
 
 def _needs_reload(instance: models.Model, model: type[models.Model]) -> bool:
     values = instance.__dict__
-    return any(f.attname not in values or isinstance(values[f.attname], BaseExpression)
-               for f in model._meta.concrete_fields)
+    return any(attname not in values or isinstance(values[attname], BaseExpression)
+               for _f, attname, _s in _field_plan(model))
 
 
 def _save_entry(model: type[models.Model], pk: Any, values: dict[str, Any],
-                old: Mapping[str, Any] | None | bool = False) -> OutboxEntry:
+                old: Mapping[str, Any] | None | bool = False) -> Row:
     """An S entry. ``old``: targeted values before the change (attname -> python value); None: unknown;
     False: nothing to compare (a new row, or not a model whose earlier values matter)."""
     label = label_of(model)
-    fields = get_rules().targeted_fields(label)
+    fields = _targeted_fields(label)
     if fields and old is None:
         values = {**values, OLD_VALUES: None}
     elif fields and old:
@@ -108,11 +135,11 @@ def _save_entry(model: type[models.Model], pk: Any, values: dict[str, Any],
                    if f.attname in old and snapshot_value(f, old[f.attname]) != values.get(f.attname)}
         if changed:
             values = {**values, OLD_VALUES: changed}
-    return OutboxEntry(model=label, object_pk=str(pk), op=OutboxEntry.SAVE, snapshot=orjson.dumps(values).decode())
+    return (label, str(pk), OutboxEntry.SAVE, orjson.dumps(values).decode())
 
 
 def _entry_for(instance: models.Model, using: str, partial: bool = False, model: type[models.Model] | None = None,
-               old: Mapping[str, Any] | None | bool = False) -> OutboxEntry:
+               old: Mapping[str, Any] | None | bool = False) -> Row:
     """The entry of a saved instance (as a row of ``model``, one of its multi-table parents if given).
 
     ``partial``: only some fields were saved (``update_fields``).
@@ -125,7 +152,7 @@ def _entry_for(instance: models.Model, using: str, partial: bool = False, model:
     return _save_entry(model, pk, _values(instance, model), old)
 
 
-def _delete_entry(model: type[models.Model], instance: models.Model, rules: Rules) -> OutboxEntry:
+def _delete_entry(model: type[models.Model], instance: models.Model, rules: Rules) -> Row:
     """A D entry; for models read by parameter querysets with the values the deleted row had (those loaded,
     the targeted ones as :func:`_on_tracked_pre_delete` read them from the database)."""
     label = label_of(model)
@@ -135,20 +162,16 @@ def _delete_entry(model: type[models.Model], instance: models.Model, rules: Rule
         loaded = {**instance.__dict__, **(stored or {})}
         text = orjson.dumps({f.attname: snapshot_value(f, loaded[f.attname]) for f in model._meta.concrete_fields
                              if f.attname in loaded and not isinstance(loaded[f.attname], BaseExpression)}).decode()
-    return OutboxEntry(model=label, object_pk=str(instance.pk), op=OutboxEntry.DELETE, snapshot=text)
+    return (label, str(instance.pk), OutboxEntry.DELETE, text)
 
 
-def write_entries(entries: list[OutboxEntry], using: str) -> None:
-    """Insert outbox entries and make sure a replicator hears about them once the transaction commits."""
+def write_entries(entries: Sequence[OutboxEntry | Row], using: str) -> None:
+    """Insert outbox entries (unsaved ``OutboxEntry`` objects or rows) and make sure a replicator hears about
+    them once the transaction commits (:mod:`~powersync_django.outbox_write`)."""
     if not entries:
         return
-    OutboxEntry.objects.using(using).bulk_create(entries)
-    connection = connections[using]
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            # Delivered at commit, dropped on rollback; identical notifications in one transaction are merged.
-            cursor.execute("SELECT pg_notify(%s, '')", [OUTBOX_CHANNEL])
-    transaction.on_commit(notify.outbox_changed, using=using)
+    outbox_write.insert_rows([(e.model, e.object_pk, e.op, e.snapshot) if isinstance(e, OutboxEntry) else e
+                              for e in entries], using)
 
 
 _OLD = "_powersync_old"
@@ -158,7 +181,7 @@ _STORED = "_powersync_stored"
 def _on_pre_save(sender: type[models.Model], instance: models.Model, raw: bool = False, using: str = "default",
                  **kwargs: Any) -> None:
     """Read the targeted values an existing row has before it is saved (one primary-key query)."""
-    fields = get_rules().targeted_fields(label_of(sender))
+    fields = _targeted_fields(label_of(sender))
     instance.__dict__.pop(_OLD, None)
     if not fields or instance.pk is None:
         return
@@ -181,7 +204,7 @@ def _on_tracked_pre_delete(sender: type[models.Model], instance: models.Model, u
     instance.__dict__.pop(_STORED, None)
     if not _is_origin_row(instance, origin):
         return
-    fields = get_rules().targeted_fields(label_of(sender))
+    fields = _targeted_fields(label_of(sender))
     if not fields or instance.pk is None:
         return
     qs = _locking(sender._base_manager.using(using).filter(pk=instance.pk))
@@ -385,6 +408,7 @@ def connect_signals() -> None:
     post_save.connect(_on_save, dispatch_uid="powersync_django.capture.save")
     class_prepared.connect(_on_class_prepared, dispatch_uid="powersync_django.capture.class_prepared")
     setting_changed.connect(_on_setting_changed, dispatch_uid="powersync_django.capture.setting_changed")
+    outbox_write.install()
     for model in django_apps.get_models(include_auto_created=True):
         _track(model)
 
@@ -448,28 +472,44 @@ def record_changed(model: type[models.Model], pks: Iterable[Any], using: str | N
     tracked = is_tracked(model)
     if not pks or not (tracked or family[0] or family[1]):
         return 0
-    entries: list[OutboxEntry] = []
+    entries: list[Row] = []
     label = label_of(model)
     found: list[Any] = []
+    size = _chunk(using)
     with transaction.atomic(using=using, savepoint=False):
-        for start in range(0, len(pks), 500):
-            for obj in _locking(model._base_manager.using(using)).filter(pk__in=pks[start:start + 500]):
-                found.append(obj.pk)
+        for start in range(0, len(pks), size):
+            for pk, values in _locked_rows(model, pks[start:start + size], using):
+                found.append(pk)
                 if tracked:
-                    old = None if previous is None else previous.get(str(obj.pk), False)
-                    entries.append(_save_entry(model, obj.pk, _values(obj), old))
+                    old = None if previous is None else previous.get(str(pk), False)
+                    entries.append(_save_entry(model, pk, values, old))
         if tracked:
             seen = {str(pk) for pk in found}
             for pk in pks:
                 key = str(model._meta.pk.to_python(pk))
                 if key not in seen:
-                    entries.append(OutboxEntry(model=label, object_pk=key, op=OutboxEntry.DELETE))
+                    entries.append((label, key, OutboxEntry.DELETE, None))
         for relative in (*family[0], *family[1]):
-            for start in range(0, len(found), 500):
-                rows = _locking(relative._base_manager.using(using)).filter(pk__in=found[start:start + 500])
-                entries.extend(_save_entry(relative, obj.pk, _values(obj), None) for obj in rows)
+            for start in range(0, len(found), size):
+                entries.extend(_save_entry(relative, pk, values, None)
+                               for pk, values in _locked_rows(relative, found[start:start + size], using))
         write_entries(entries, using)
     return len(entries)
+
+
+def _chunk(using: str) -> int:
+    """Keys per ``pk IN (...)`` query."""
+    limit = connections[using].features.max_query_params or 5000
+    return max(1, min(5000, limit - 10))
+
+
+def _locked_rows(model: type[models.Model], pks: list[Any], using: str) -> Iterable[tuple[Any, dict[str, Any]]]:
+    """(primary key, snapshot values) of the rows of ``model`` with these keys, locked (no model instances)."""
+    plan = _field_plan(model)
+    pk_index = next(i for i, (f, _a, _s) in enumerate(plan) if f.primary_key)
+    qs = _locking(model._base_manager.using(using)).filter(pk__in=pks).values_list(*(a for _f, a, _s in plan))
+    for row in qs:
+        yield row[pk_index], {a: snapshot_value(f, v, synced=s) for (f, a, s), v in zip(plan, row, strict=True)}
 
 
 def _locking(qs: models.QuerySet) -> models.QuerySet:
@@ -482,7 +522,7 @@ def _locking(qs: models.QuerySet) -> models.QuerySet:
 
 def _previous(qs: models.QuerySet) -> tuple[list[Any], dict[str, dict[str, Any]]]:
     """(primary keys, targeted values by key text) of a queryset's rows, locked."""
-    attnames = [f.attname for f in get_rules().targeted_fields(label_of(qs.model))]
+    attnames = [f.attname for f in _targeted_fields(label_of(qs.model))]
     rows = list(_locking(qs).values_list("pk", *attnames))
     return [r[0] for r in rows], {str(r[0]): dict(zip(attnames, r[1:], strict=True)) for r in rows}
 
@@ -499,8 +539,9 @@ class PowerSyncQuerySet(models.QuerySet):
             found, previous = _previous(select)
             pks = list(dict.fromkeys(found))
             count = 0
-            for start in range(0, len(pks), 500):
-                count += models.QuerySet.update(self.filter(pk__in=pks[start:start + 500]), **kwargs)
+            size = _chunk(self.db)
+            for start in range(0, len(pks), size):
+                count += models.QuerySet.update(self.filter(pk__in=pks[start:start + size]), **kwargs)
             record_changed(self.model, pks, using=self.db, previous=previous)
         return count
 
@@ -518,6 +559,12 @@ class PowerSyncQuerySet(models.QuerySet):
             created = super().bulk_create(objs, batch_size=batch_size, ignore_conflicts=ignore_conflicts,
                                           update_conflicts=update_conflicts, update_fields=update_fields,
                                           unique_fields=unique_fields)
+            if not (ignore_conflicts or update_conflicts):
+                # Every object is a new row of this transaction (locked by its insert): its values are those in
+                # memory, unless some come from the database (expressions, database defaults).
+                created_pks = _record_inserted(self.model, created, self.db)
+                record_changed(self.model, created_pks, using=self.db, previous=previous)
+                return created
             pks = [o.pk for o in created if o.pk is not None]
             if keyless and floor is not None:
                 # Keys given by the database, not returned with ON CONFLICT DO NOTHING: they are above the
@@ -540,6 +587,25 @@ class PowerSyncQuerySet(models.QuerySet):
             count = base.bulk_update(objs, fields, *args, **kwargs)
             record_changed(self.model, keys, using=self.db, previous=previous)
         return count
+
+
+def _record_inserted(model: type[models.Model], objs: list[models.Model], using: str) -> list[Any]:
+    """Write the S entries of rows just inserted from ``objs`` as saved (no read back); returns the keys of
+    those it could not (values only the database knows, multi-table inheritance) for :func:`record_changed`."""
+    label = label_of(model)
+    plan = _plan()
+    if label not in tracked_labels() or label in plan.family:
+        return [o.pk for o in objs if o.pk is not None]
+    rows, rest = [], []
+    for obj in objs:
+        if obj.pk is None:
+            continue
+        if _needs_reload(obj, model):
+            rest.append(obj.pk)
+        else:
+            rows.append(_save_entry(model, obj.pk, _values(obj, model)))
+    write_entries(rows, using)
+    return rest
 
 
 def _max_integer_pk(qs: models.QuerySet) -> int | None:
