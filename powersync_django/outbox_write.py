@@ -3,14 +3,17 @@
 Inside an ``atomic`` block, rows are queued on the connection and written (in the transaction, in order):
 
 - just before the transaction commits (Django's ``commit``, wrapped by :func:`install`);
-- before any savepoint statement (``SAVEPOINT``, ``RELEASE``, ``ROLLBACK TO``: rows queued inside a savepoint
-  then live or die with it, rows queued before it are not dropped by its rollback), and before any statement
-  that names the outbox table (code reading the outbox in the same transaction sees its rows), through an
-  execute wrapper;
+- before any savepoint statement (``SAVEPOINT``, ``RELEASE``: rows queued inside a savepoint then live or
+  die with it, rows queued before it are not dropped by its rollback), and before any statement that names
+  the outbox table (code reading the outbox in the same transaction sees its rows), through an execute
+  wrapper;
 - when :data:`BATCH_ROWS` are queued.
 
 A rolled-back transaction discards them (Django's ``rollback``, wrapped too), so do a connection closed or
-replaced meanwhile. Outside ``atomic`` blocks rows are written at once.
+replaced meanwhile, and so does ``ROLLBACK TO SAVEPOINT``: every savepoint statement writes the queue, so the
+rows still queued were all queued after the savepoint being rolled back to was set. (Writing them instead
+would fail on PostgreSQL when the savepoint is rolled back because a statement failed, the transaction being
+aborted until then, and doom the enclosing transaction.) Outside ``atomic`` blocks rows are written at once.
 
 On PostgreSQL each INSERT runs inside ``WITH ... SELECT pg_notify(...)``: the notification is queued by the very
 statement that writes the rows, so it is delivered exactly when they commit and dropped with them; PostgreSQL
@@ -66,7 +69,7 @@ def _batch_rows(connection: BaseDatabaseWrapper) -> int:
 
 
 _QUEUE = "_powersync_outbox_queue"  # connection attribute: (DB-API connection, rows)
-_FLUSH_BEFORE = ("SAVEPOINT", "RELEASE", "ROLLBACK", "COMMIT", "END", "PREPARE")
+_FLUSH_BEFORE = ("SAVEPOINT", "RELEASE", "COMMIT", "END", "PREPARE")
 
 
 def insert_rows(rows: Sequence[Row], using: str) -> None:
@@ -138,12 +141,15 @@ def _write(connection: BaseDatabaseWrapper, rows: Sequence[Row]) -> None:
 
 def _flush_first(execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
     """Execute wrapper: write queued rows before savepoint and transaction statements and statements naming
-    the outbox table."""
+    the outbox table; drop them before a rollback (to a savepoint or whole)."""
     connection = context["connection"]
     queued = connection.__dict__.get(_QUEUE)
-    if queued and queued[1] and isinstance(sql, str) and (
-            sql.lstrip()[:9].upper().startswith(_FLUSH_BEFORE) or OutboxEntry._meta.db_table in sql):
-        flush(connection)
+    if queued and queued[1] and isinstance(sql, str):
+        head = sql.lstrip()[:9].upper()
+        if head.startswith("ROLLBACK"):
+            discard(connection)
+        elif head.startswith(_FLUSH_BEFORE) or OutboxEntry._meta.db_table in sql:
+            flush(connection)
     return execute(sql, params, many, context)
 
 
