@@ -2,7 +2,8 @@
 
 Inside an ``atomic`` block, rows are queued on the connection and written (in the transaction, in order):
 
-- just before the transaction commits (Django's ``commit``, wrapped by :func:`install`);
+- just before the transaction commits (Django's ``_commit``, wrapped by :func:`install`, and that of a backend
+  class overriding it, wrapped when it first queues rows);
 - before any savepoint statement (``SAVEPOINT``, ``RELEASE``: rows queued inside a savepoint then live or
   die with it, rows queued before it are not dropped by its rollback), and before any statement that names
   the outbox table (code reading the outbox in the same transaction sees its rows), through an execute
@@ -84,6 +85,8 @@ def insert_rows(rows: Sequence[Row], using: str) -> None:
         if queued is None or queued[0] is not connection.connection:
             queued = connection.__dict__[_QUEUE] = (connection.connection, [])
             _install_wrapper(connection)
+        if not getattr(type(connection)._commit, "_powersync_outbox", False):
+            _wrap_commit(type(connection))  # a backend may override ``_commit`` without calling Django's
         queued[1].extend(rows)
         if len(queued[1]) >= BATCH_ROWS:
             flush(connection)
@@ -123,7 +126,10 @@ def _write(connection: BaseDatabaseWrapper, rows: Sequence[Row]) -> None:
             chunk = rows[start:start + size]
             params: list[object]
             if postgresql and len(chunk) >= COPY_ROWS:
-                with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                # The DB-API cursor's own COPY: its errors must still reach Django as Django's (its commit
+                # and ``atomic`` roll back on ``DatabaseError`` only).
+                with connection.wrap_database_errors, \
+                        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                     for row in chunk:
                         copy.write_row((*row, created))
                 cursor.execute(f"SELECT pg_notify('{OUTBOX_CHANNEL}', '')")
@@ -161,23 +167,31 @@ def _install_wrapper(connection: BaseDatabaseWrapper) -> None:
 
 def install() -> None:
     """Wrap Django's commit (write queued rows first) and rollback (discard them), once."""
-    base = BaseDatabaseWrapper
-    if getattr(base._commit, "_powersync_outbox", False):
-        return
-    original_commit, original_rollback = base._commit, base._rollback
+    _wrap_commit(BaseDatabaseWrapper)
 
-    @functools.wraps(original_commit)
-    def _commit(self: BaseDatabaseWrapper) -> Any:
-        flush(self)
-        return original_commit(self)
 
-    @functools.wraps(original_rollback)
-    def _rollback(self: BaseDatabaseWrapper) -> Any:
-        discard(self)
-        return original_rollback(self)
+def _wrap_commit(cls: type[BaseDatabaseWrapper]) -> None:
+    """Wrap ``cls._commit`` and ``cls._rollback`` unless what ``cls`` resolves them to is wrapped already."""
+    if not getattr(cls._commit, "_powersync_outbox", False):
+        original_commit = cls._commit
 
-    _commit._powersync_outbox = True  # type: ignore[attr-defined]
-    base._commit, base._rollback = _commit, _rollback  # type: ignore[method-assign]
+        @functools.wraps(original_commit)
+        def _commit(self: BaseDatabaseWrapper) -> Any:
+            flush(self)
+            return original_commit(self)
+
+        _commit._powersync_outbox = True  # type: ignore[attr-defined]
+        cls._commit = _commit  # type: ignore[method-assign]
+    if not getattr(cls._rollback, "_powersync_outbox", False):
+        original_rollback = cls._rollback
+
+        @functools.wraps(original_rollback)
+        def _rollback(self: BaseDatabaseWrapper) -> Any:
+            discard(self)
+            return original_rollback(self)
+
+        _rollback._powersync_outbox = True  # type: ignore[attr-defined]
+        cls._rollback = _rollback  # type: ignore[method-assign]
 
 
 def _wake_on_commit(using: str) -> None:

@@ -6,9 +6,10 @@ Each test is a way a queued row could be lost, kept after a rollback, reordered,
 from __future__ import annotations
 
 import pytest
-from django.db import DatabaseError, IntegrityError, connection, transaction
+from django.db import DatabaseError, IntegrityError, connection, connections, transaction
 
 from demo_project.todos.models import Todo, TodoList
+from powersync_django import outbox_write
 from powersync_django.models import OutboxEntry
 
 
@@ -74,3 +75,56 @@ def test_entries_of_a_manual_transaction_keep_their_order_across_an_atomic_block
     snapshots = [s for _pk, _op, s in entries()]
     assert len(snapshots) == 2
     assert '"v1"' in snapshots[0] and '"v2"' in snapshots[1], snapshots
+
+
+def test_a_backend_that_overrides_commit_still_writes_the_queue(the_list, monkeypatch):
+    """A database backend subclass whose ``_commit`` commits the DB-API connection itself (without calling
+    Django's): the queued rows must still be written before it, not left behind (and then written into the
+    connection's next transaction, or lost)."""
+    real = connections["default"]
+    base = type(real)
+
+    class OwnCommit(base):  # type: ignore[misc, valid-type]
+        def _commit(self) -> None:
+            if self.connection is not None:
+                with self.wrap_database_errors:
+                    self.connection.commit()
+
+    monkeypatch.setattr(real, "__class__", OwnCommit)
+    with transaction.atomic():
+        todo = Todo.objects.create(list=the_list, description="committed by the backend's own _commit")
+    monkeypatch.setattr(real, "__class__", base)
+    with transaction.atomic():  # reads the outbox, then rolls back: must not take the committed entry with it
+        OutboxEntry.objects.count()
+        transaction.set_rollback(True)
+    assert Todo.objects.filter(pk=todo.pk).exists()
+    assert [(pk, op) for pk, op, _s in entries()] == [(str(todo.pk), "S")]
+
+
+@pytest.mark.postgres
+def test_a_failed_copy_at_commit_rolls_back_cleanly_with_a_django_error(the_list, monkeypatch):
+    """The COPY path (>= COPY_ROWS rows) fails at commit (here: lock_timeout while the outbox table is locked
+    by a migration): Django's commit must see a Django ``DatabaseError`` so it rolls the transaction back, and
+    the connection must stay usable."""
+    import psycopg
+
+    from powersync_django.capture import PowerSyncQuerySet
+
+    settings = connection.settings_dict
+    locker = psycopg.connect(host=settings["HOST"] or None, port=settings["PORT"] or None,
+                             user=settings["USER"], password=settings["PASSWORD"] or None,
+                             dbname=settings["NAME"])
+    monkeypatch.setattr(outbox_write, "COPY_ROWS", 5)
+    try:
+        locker.execute(f"LOCK TABLE {OutboxEntry._meta.db_table} IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(DatabaseError), transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '200ms'")
+            PowerSyncQuerySet(Todo).bulk_create([Todo(list=the_list, description=f"b{i}") for i in range(10)])
+        locker.rollback()
+    finally:
+        locker.close()
+    assert not connection.in_atomic_block and connection.get_autocommit()
+    assert Todo.objects.count() == 0
+    todo = Todo.objects.create(list=the_list, description="after")
+    assert [(pk, op) for pk, op, _s in entries()] == [(str(todo.pk), "S")]
