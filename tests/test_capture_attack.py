@@ -128,3 +128,81 @@ def test_a_failed_copy_at_commit_rolls_back_cleanly_with_a_django_error(the_list
     assert Todo.objects.count() == 0
     todo = Todo.objects.create(list=the_list, description="after")
     assert [(pk, op) for pk, op, _s in entries()] == [(str(todo.pk), "S")]
+
+
+def test_writes_made_by_signal_receivers_and_commit_callbacks_are_captured(the_list):
+    """A post_save receiver saving another tracked row (same transaction) and an ``on_commit`` callback that
+    saves one (after the commit, a transaction of its own): all committed, all captured, in order."""
+    from django.db.models.signals import post_save
+
+    def touch_list(sender, instance, created, **kwargs) -> None:
+        if created and instance.description.startswith("with receiver"):
+            TodoList.objects.filter(pk=instance.list_id).first().save()
+
+    post_save.connect(touch_list, sender=Todo)
+    try:
+        with transaction.atomic():
+            todo = Todo.objects.create(list=the_list, description="with receiver")
+            transaction.on_commit(lambda: Todo.objects.create(list=the_list, description="from on_commit"))
+    finally:
+        post_save.disconnect(touch_list, sender=Todo)
+    later = Todo.objects.get(description="from on_commit")
+    assert [(pk, op) for pk, op, _s in entries()] == [
+        (str(todo.pk), "S"), (str(the_list.pk), "S"), (str(later.pk), "S")]
+
+
+@pytest.mark.postgres
+def test_a_savepoint_rolled_back_after_a_failed_statement_keeps_the_notification(the_list):
+    import psycopg
+
+    settings = connection.settings_dict
+    listener = psycopg.connect(host=settings["HOST"] or None, port=settings["PORT"] or None,
+                               user=settings["USER"], password=settings["PASSWORD"] or None,
+                               dbname=settings["NAME"], autocommit=True)
+    try:
+        listener.execute(f"LISTEN {outbox_write.OUTBOX_CHANNEL}")
+        with transaction.atomic():
+            with pytest.raises(DatabaseError), transaction.atomic():
+                Todo.objects.create(list=the_list, description="dropped")
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT * FROM no_such_table_powersync")
+            Todo.objects.create(list=the_list, description="kept")
+        assert sum(1 for _ in listener.notifies(timeout=0.5)) == 1
+    finally:
+        listener.close()
+    assert [op for _pk, op, _s in entries()] == ["S"]
+
+
+@pytest.mark.postgres
+def test_concurrent_updates_of_one_row_get_entry_ids_in_commit_order(the_list):
+    """replication.py's invariant: for one row, outbox id order is commit order. The first transaction holds
+    the row while a second one waits for it; the second commits last and must have the larger id, although
+    its rows are queued in memory until its commit."""
+    import threading
+    import time
+
+    todo = Todo.objects.create(list=the_list, description="v0")
+    OutboxEntry.objects.all().delete()
+    second_started = threading.Event()
+
+    def second() -> None:
+        try:
+            second_started.set()
+            with transaction.atomic():
+                row = Todo.objects.get(pk=todo.pk)
+                row.description = "second"
+                row.save()  # waits for the first transaction's lock
+        finally:
+            connections.close_all()
+
+    with transaction.atomic():
+        todo.description = "first"
+        todo.save()
+        thread = threading.Thread(target=second)
+        thread.start()
+        second_started.wait(5)
+        time.sleep(0.5)  # the second transaction is now blocked on the row
+    thread.join(10)
+    snapshots = [s for _pk, _op, s in entries()]
+    assert Todo.objects.get(pk=todo.pk).description == "second"
+    assert len(snapshots) == 2 and '"first"' in snapshots[0] and '"second"' in snapshots[1], snapshots
