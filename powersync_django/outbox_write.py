@@ -11,7 +11,7 @@ Inside an ``atomic`` block, rows are queued on the connection and written (in th
 - when :data:`BATCH_ROWS` are queued.
 
 A rolled-back transaction discards them (Django's ``rollback``, wrapped too), so do a connection closed or
-replaced meanwhile, and so does ``ROLLBACK TO SAVEPOINT``: every savepoint statement writes the queue, so the
+replaced meanwhile (``connect`` is wrapped too: a pool may hand back the same DB-API connection), and so does ``ROLLBACK TO SAVEPOINT``: every savepoint statement writes the queue, so the
 rows still queued were all queued after the savepoint being rolled back to was set. (Writing them instead
 would fail on PostgreSQL when the savepoint is rolled back because a statement failed, the transaction being
 aborted until then, and doom the enclosing transaction.) Outside ``atomic`` blocks rows are written at once.
@@ -166,8 +166,20 @@ def _install_wrapper(connection: BaseDatabaseWrapper) -> None:
 
 
 def install() -> None:
-    """Wrap Django's commit (write queued rows first) and rollback (discard them), once."""
+    """Wrap Django's commit (write queued rows first), rollback and connect (discard them), once."""
     _wrap_commit(BaseDatabaseWrapper)
+    if not getattr(BaseDatabaseWrapper.connect, "_powersync_outbox", False):
+        original_connect = BaseDatabaseWrapper.connect
+
+        @functools.wraps(original_connect)
+        def connect(self: BaseDatabaseWrapper) -> Any:
+            # A (re)connection starts without a transaction of ours: a pool can hand back the very DB-API
+            # connection whose transaction was lost when it was closed inside ``atomic``.
+            self.__dict__.pop(_QUEUE, None)
+            return original_connect(self)
+
+        connect._powersync_outbox = True  # type: ignore[attr-defined]
+        BaseDatabaseWrapper.connect = connect  # type: ignore[method-assign]
 
 
 def _wrap_commit(cls: type[BaseDatabaseWrapper]) -> None:

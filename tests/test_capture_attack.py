@@ -5,6 +5,8 @@ Each test is a way a queued row could be lost, kept after a rollback, reordered,
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.db import DatabaseError, IntegrityError, connection, connections, transaction
 
@@ -206,3 +208,36 @@ def test_concurrent_updates_of_one_row_get_entry_ids_in_commit_order(the_list):
     snapshots = [s for _pk, _op, s in entries()]
     assert Todo.objects.get(pk=todo.pk).description == "second"
     assert len(snapshots) == 2 and '"first"' in snapshots[0] and '"second"' in snapshots[1], snapshots
+
+
+@pytest.mark.postgres  # Django's connection pool is PostgreSQL's; closing an in-memory SQLite test DB is a no-op
+def test_rows_of_a_transaction_lost_with_its_pooled_connection_are_not_written_by_the_next(the_list, monkeypatch):
+    """A connection closed inside ``atomic`` (``close_old_connections``, an unusable connection...) loses its
+    transaction. With a connection pool (Django's PostgreSQL ``"pool"`` option) the same DB-API connection
+    object comes back for the next transaction: the lost transaction's queued rows must not be written by it
+    (an entry for a change that never committed)."""
+    import types
+
+    real = connections["default"]
+    pool: list[Any] = []
+    get_new_connection = real.get_new_connection
+
+    def checkout(self, params):
+        return pool.pop() if pool else get_new_connection(params)
+
+    def putconn(self) -> None:  # like psycopg_pool's putconn: reset the connection, keep it
+        self.connection.rollback()
+        pool.append(self.connection)
+
+    monkeypatch.setattr(real, "get_new_connection", types.MethodType(checkout, real))
+    monkeypatch.setattr(real, "_close", types.MethodType(putconn, real))
+    before = real.connection
+    with transaction.atomic():
+        Todo.objects.create(list=the_list, description="lost with the connection")
+        real.close()
+    kept = Todo.objects.create(list=the_list, description="next transaction")
+    assert real.connection is before  # the pool gave the same connection back
+    assert list(Todo.objects.values_list("description", flat=True)) == ["next transaction"]
+    assert [(pk, op) for pk, op, _s in entries()] == [(str(kept.pk), "S")]
+    for leftover in pool:
+        leftover.close()
