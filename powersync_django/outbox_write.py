@@ -103,7 +103,14 @@ def flush(connection: BaseDatabaseWrapper) -> None:
     rows = queued[1][:]
     queued[1].clear()
     if queued[0] is connection.connection:  # else: that transaction is gone with its connection
-        _write(connection, rows)
+        try:
+            _write(connection, rows)
+        except BaseException:
+            # The rows are gone: the transaction must not commit the changes they record, even if the caller
+            # swallows the error (SQLite goes on after a failed statement; no savepoint undoes the changes).
+            if connection.in_atomic_block:
+                connection.needs_rollback = True
+            raise
 
 
 def discard(connection: BaseDatabaseWrapper) -> None:

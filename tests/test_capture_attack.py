@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
 from django.db import DatabaseError, IntegrityError, connection, connections, transaction
 
@@ -241,3 +242,40 @@ def test_rows_of_a_transaction_lost_with_its_pooled_connection_are_not_written_b
     assert [(pk, op) for pk, op, _s in entries()] == [(str(kept.pk), "S")]
     for leftover in pool:
         leftover.close()
+
+
+@pytest.fixture
+def poisoned_outbox(transactional_db):
+    """A trigger rejecting outbox rows whose snapshot mentions ``poison``: a write of queued rows that fails."""
+    table = OutboxEntry._meta.db_table
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("CREATE FUNCTION powersync_poison() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                           "IF NEW.snapshot LIKE '%%poison%%' THEN RAISE EXCEPTION 'poison'; END IF; "
+                           "RETURN NEW; END $$")
+            cursor.execute(f"CREATE TRIGGER powersync_poison BEFORE INSERT ON {table} FOR EACH ROW "
+                           "EXECUTE FUNCTION powersync_poison()")
+        else:
+            cursor.execute(f"CREATE TRIGGER powersync_poison BEFORE INSERT ON {table} "
+                           "WHEN NEW.snapshot LIKE '%%poison%%' BEGIN SELECT RAISE(ABORT, 'poison'); END")
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute(f"DROP TRIGGER powersync_poison{' ON ' + table if connection.vendor == 'postgresql' else ''}")
+        if connection.vendor == "postgresql":
+            cursor.execute("DROP FUNCTION powersync_poison()")
+
+
+def test_a_failed_write_of_queued_rows_dooms_the_transaction(the_list, poisoned_outbox):
+    """Queued rows are written before a savepoint; if that write fails and the caller swallows the error (the
+    savepoint was never set, so nothing rolls back), the transaction must not commit the changes whose entries
+    were lost (SQLite keeps a transaction going after a failed statement)."""
+    with transaction.atomic():
+        Todo.objects.create(list=the_list, description="poison")
+        try:
+            with transaction.atomic():
+                Todo.objects.create(list=the_list, description="inner")
+        except DatabaseError:
+            pass
+    committed = set(Todo.objects.values_list("description", flat=True))
+    captured = {orjson.loads(s)["description"] for _pk, _op, s in entries()}
+    assert committed == captured, (committed, captured)
