@@ -167,7 +167,8 @@ def _flush_first(execute: Callable[..., Any], sql: Any, params: Any, many: bool,
 
 
 def _install_wrapper(connection: BaseDatabaseWrapper) -> None:
-    # First in the list (the innermost): ``connection.execute_wrapper()`` blocks pop the last one on exit.
+    # First in the list: called first (the outermost, it sees the SQL as issued), and
+    # ``connection.execute_wrapper()`` blocks pop the last one on exit.
     if _flush_first not in connection.execute_wrappers:
         connection.execute_wrappers.insert(0, _flush_first)
 
