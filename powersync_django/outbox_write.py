@@ -2,15 +2,19 @@
 
 Inside an ``atomic`` block, rows are queued on the connection and written (in the transaction, in order):
 
-- just before the transaction commits (Django's ``commit``, wrapped by :func:`install`);
-- before any savepoint statement (``SAVEPOINT``, ``RELEASE``, ``ROLLBACK TO``: rows queued inside a savepoint
-  then live or die with it, rows queued before it are not dropped by its rollback), and before any statement
-  that names the outbox table (code reading the outbox in the same transaction sees its rows), through an
-  execute wrapper;
+- just before the transaction commits (Django's ``_commit``, wrapped by :func:`install`, and that of a backend
+  class overriding it, wrapped when it first queues rows);
+- before any savepoint statement (``SAVEPOINT``, ``RELEASE``: rows queued inside a savepoint then live or
+  die with it, rows queued before it are not dropped by its rollback), and before any statement that names
+  the outbox table (code reading the outbox in the same transaction sees its rows), through an execute
+  wrapper;
 - when :data:`BATCH_ROWS` are queued.
 
 A rolled-back transaction discards them (Django's ``rollback``, wrapped too), so do a connection closed or
-replaced meanwhile. Outside ``atomic`` blocks rows are written at once.
+replaced meanwhile (``connect`` is wrapped too: a pool may hand back the same DB-API connection), and so does ``ROLLBACK TO SAVEPOINT``: every savepoint statement writes the queue, so the
+rows still queued were all queued after the savepoint being rolled back to was set. (Writing them instead
+would fail on PostgreSQL when the savepoint is rolled back because a statement failed, the transaction being
+aborted until then, and doom the enclosing transaction.) Outside ``atomic`` blocks rows are written at once.
 
 On PostgreSQL each INSERT runs inside ``WITH ... SELECT pg_notify(...)``: the notification is queued by the very
 statement that writes the rows, so it is delivered exactly when they commit and dropped with them; PostgreSQL
@@ -67,7 +71,7 @@ def _batch_rows(connection: BaseDatabaseWrapper) -> int:
 
 
 _QUEUE = "_powersync_outbox_queue"  # connection attribute: (DB-API connection, rows)
-_FLUSH_BEFORE = ("SAVEPOINT", "RELEASE", "ROLLBACK", "COMMIT", "END", "PREPARE")
+_FLUSH_BEFORE = ("SAVEPOINT", "RELEASE", "COMMIT", "END", "PREPARE")
 
 
 def insert_rows(rows: Sequence[Row], using: str) -> None:
@@ -81,7 +85,9 @@ def insert_rows(rows: Sequence[Row], using: str) -> None:
         queued = connection.__dict__.get(_QUEUE)
         if queued is None or queued[0] is not connection.connection:
             queued = connection.__dict__[_QUEUE] = (connection.connection, [])
-            _install_wrapper(connection)
+        _install_wrapper(connection)  # every time: code may have reset ``execute_wrappers`` meanwhile
+        if not getattr(type(connection)._commit, "_powersync_outbox", False):
+            _wrap_commit(type(connection))  # a backend may override ``_commit`` without calling Django's
         queued[1].extend(rows)
         if len(queued[1]) >= BATCH_ROWS:
             flush(connection)
@@ -98,7 +104,14 @@ def flush(connection: BaseDatabaseWrapper, commit: bool = False) -> None:
     rows = queued[1][:]
     queued[1].clear()
     if queued[0] is connection.connection:  # else: that transaction is gone with its connection
-        _write(connection, rows, commit=commit and _can_append_commit(connection))
+        try:
+            _write(connection, rows, commit=commit and _can_append_commit(connection))
+        except BaseException:
+            # The rows are gone: the transaction must not commit the changes they record, even if the caller
+            # swallows the error (SQLite goes on after a failed statement; no savepoint undoes the changes).
+            if connection.in_atomic_block:
+                connection.needs_rollback = True
+            raise
 
 
 def _can_append_commit(connection: BaseDatabaseWrapper) -> bool:
@@ -129,7 +142,10 @@ def _write(connection: BaseDatabaseWrapper, rows: Sequence[Row], commit: bool = 
             chunk = rows[start:start + size]
             params: list[object]
             if postgresql and len(chunk) >= COPY_ROWS:
-                with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                # The DB-API cursor's own COPY: its errors must still reach Django as Django's (its commit
+                # and ``atomic`` roll back on ``DatabaseError`` only).
+                with connection.wrap_database_errors, \
+                        cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                     for row in chunk:
                         copy.write_row((*row, created))
                 last = commit and start + size >= len(rows)
@@ -150,40 +166,68 @@ def _write(connection: BaseDatabaseWrapper, rows: Sequence[Row], commit: bool = 
 
 def _flush_first(execute: Callable[..., Any], sql: Any, params: Any, many: bool, context: dict[str, Any]) -> Any:
     """Execute wrapper: write queued rows before savepoint and transaction statements and statements naming
-    the outbox table."""
+    the outbox table; drop them before a rollback (to a savepoint or whole)."""
     connection = context["connection"]
     queued = connection.__dict__.get(_QUEUE)
-    if queued and queued[1] and isinstance(sql, str) and (
-            sql.lstrip()[:9].upper().startswith(_FLUSH_BEFORE) or OutboxEntry._meta.db_table in sql):
-        flush(connection)
+    if queued and queued[1] and isinstance(sql, str):
+        head = sql.lstrip()[:9].upper()
+        if head.startswith("ROLLBACK"):
+            discard(connection)
+        elif head.startswith(_FLUSH_BEFORE) or OutboxEntry._meta.db_table in sql:
+            flush(connection)
     return execute(sql, params, many, context)
 
 
 def _install_wrapper(connection: BaseDatabaseWrapper) -> None:
-    # First in the list (the innermost): ``connection.execute_wrapper()`` blocks pop the last one on exit.
+    # First in the list: called first (the outermost, it sees the SQL as issued), and
+    # ``connection.execute_wrapper()`` blocks pop the last one on exit.
     if _flush_first not in connection.execute_wrappers:
         connection.execute_wrappers.insert(0, _flush_first)
 
 
 def install() -> None:
-    """Wrap Django's commit (write queued rows first) and rollback (discard them), once."""
-    base = BaseDatabaseWrapper
-    if getattr(base._commit, "_powersync_outbox", False):
-        return
-    original_commit, original_rollback = base._commit, base._rollback
+    """Wrap Django's commit (write queued rows first), rollback and connect (discard them), once."""
+    _wrap_commit(BaseDatabaseWrapper)
+    if not getattr(BaseDatabaseWrapper.connect, "_powersync_outbox", False):
+        original_connect = BaseDatabaseWrapper.connect
 
-    @functools.wraps(original_commit)
-    def _commit(self: BaseDatabaseWrapper) -> Any:
-        flush(self, commit=True)
-        return original_commit(self)
+        @functools.wraps(original_connect)
+        def connect(self: BaseDatabaseWrapper) -> Any:
+            # A (re)connection starts without a transaction of ours: a pool can hand back the very DB-API
+            # connection whose transaction was lost when it was closed inside ``atomic``.
+            self.__dict__.pop(_QUEUE, None)
+            return original_connect(self)
 
-    @functools.wraps(original_rollback)
-    def _rollback(self: BaseDatabaseWrapper) -> Any:
-        discard(self)
-        return original_rollback(self)
+        connect._powersync_outbox = True  # type: ignore[attr-defined]
+        BaseDatabaseWrapper.connect = connect  # type: ignore[method-assign]
 
-    _commit._powersync_outbox = True  # type: ignore[attr-defined]
-    base._commit, base._rollback = _commit, _rollback  # type: ignore[method-assign]
+
+def _wrap_commit(cls: type[BaseDatabaseWrapper]) -> None:
+    """Wrap ``cls._commit`` and ``cls._rollback`` unless what ``cls`` resolves them to is wrapped already."""
+    if not getattr(cls._commit, "_powersync_outbox", False):
+        original_commit = cls._commit
+
+        # Django's own commit may send the COMMIT with the last INSERT (see _can_append_commit); a backend's
+        # override of it may do more than commit, so its queued rows are written first, without one.
+        append_commit = cls is BaseDatabaseWrapper
+
+        @functools.wraps(original_commit)
+        def _commit(self: BaseDatabaseWrapper) -> Any:
+            flush(self, commit=append_commit)
+            return original_commit(self)
+
+        _commit._powersync_outbox = True  # type: ignore[attr-defined]
+        cls._commit = _commit  # type: ignore[method-assign]
+    if not getattr(cls._rollback, "_powersync_outbox", False):
+        original_rollback = cls._rollback
+
+        @functools.wraps(original_rollback)
+        def _rollback(self: BaseDatabaseWrapper) -> Any:
+            discard(self)
+            return original_rollback(self)
+
+        _rollback._powersync_outbox = True  # type: ignore[attr-defined]
+        cls._rollback = _rollback  # type: ignore[method-assign]
 
 
 def _wake_on_commit(using: str) -> None:
