@@ -155,6 +155,15 @@ class ClientRangeField(serializers.ModelField):
         return encode_value(self.model_field.value_from_object(obj), self.model_field)
 
 
+class ClientIPAddressField(serializers.IPAddressField):
+    """``IPAddressField`` that unpacks IPv4-mapped IPv6 addresses only where the model field does (DRF's
+    unpacks them whenever ``protocol`` is ``both``: ``::ffff:1.2.3.4`` became ``1.2.3.4``)."""
+
+    def __init__(self, *, unpack_ipv4: bool = False, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.unpack_ipv4 = unpack_ipv4
+
+
 class UploadModelSerializer(serializers.ModelSerializer):
     """A ModelSerializer whose fields read client column values (JSON text, seconds, base64...)."""
 
@@ -163,6 +172,7 @@ class UploadModelSerializer(serializers.ModelSerializer):
         models.JSONField: ClientJSONField,
         models.DurationField: ClientDurationField,
         models.BinaryField: ClientBinaryField,
+        models.GenericIPAddressField: ClientIPAddressField,
     }
     if ArrayField is not None:
         serializer_field_mapping[ArrayField] = ClientListField
@@ -173,4 +183,6 @@ class UploadModelSerializer(serializers.ModelSerializer):
         field_class, kwargs = super().build_standard_field(field_name, model_field)
         if issubclass(field_class, serializers.CharField):
             kwargs["trim_whitespace"] = False  # store the text the client has, spaces included
+        if issubclass(field_class, ClientIPAddressField):
+            kwargs["unpack_ipv4"] = model_field.unpack_ipv4
         return field_class, kwargs

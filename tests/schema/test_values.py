@@ -582,3 +582,16 @@ def test_decimal_places_beyond_the_column_round_as_the_database_does(value: str)
     ReplicationState.objects.update(rules_hash="")  # the next run rebuilds from the database
     replicate_now()
     assert op_data(row.pk)["amount"] == str(row.amount)
+
+
+def test_ipv4_mapped_address_uploads_as_the_client_has_it(client: Client):
+    """DRF's IPAddressField unpacks ``::ffff:1.2.3.4`` to ``1.2.3.4``; the model field (unpack_ipv4=False)
+    keeps it, so an uploaded copy of a synced row must too (hypothesis found ``::ffff:0:0``)."""
+    original = Specimen.objects.create(ip="::ffff:0:0")
+    replicate_now()
+    sent = op_data(original.pk)["ip"]
+    assert sent == Specimen.objects.get(pk=original.pk).ip == "::ffff:0.0.0.0"
+    copy_id = uuid.uuid4()
+    response = upload(client, {"batch": [{"op": "PUT", "type": "specimens", "id": str(copy_id), "data": {"ip": sent}}]})
+    assert response.status_code == 200, response.content
+    assert Specimen.objects.get(pk=copy_id).ip == "::ffff:0.0.0.0"
