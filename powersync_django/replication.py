@@ -74,8 +74,10 @@ CHECKPOINTS_KEPT = 1000
 # BUILD_ROWS_SQLITE), a quick one doubles it back. Old ops/rows removed per cleanup transaction.
 BUILD_ROWS = 5000
 BUILD_STEP_SECONDS = 0.5
-# SQLite has one write lock: smaller build transactions keep app writes from waiting long.
+# SQLite has one write lock: smaller build transactions keep app writes from waiting long, and a pause of
+# half a step (at least BUILD_PAUSE_SQLITE seconds, at most 0.1) after each lets them in.
 BUILD_ROWS_SQLITE = 500
+BUILD_PAUSE_SQLITE = 0.05
 # SQLite: most outbox entries per replication transaction, whatever REPLICATION_BATCH_SIZE says (app writes
 # wait for the batch's write lock).
 BATCH_LIMIT_SQLITE = 1000
@@ -289,8 +291,9 @@ class Replicator:
             notify.checkpoint_committed(checkpoint.id)
         if built and connections[db].vendor == "sqlite":
             # A build step held SQLite's only write lock: leave a gap long enough for a waiting writer's busy
-            # handler (it sleeps up to 100 ms between tries) to get it before the next step.
-            time.sleep(min(0.1, max(0.005, (time.monotonic() - started) / 2)))
+            # handler (it sleeps up to 100 ms between tries) to get it before the next step. At least
+            # BUILD_PAUSE_SQLITE: with quicker steps, shorter gaps were missed and the longest waits grew.
+            time.sleep(min(0.1, max(BUILD_PAUSE_SQLITE, (time.monotonic() - started) / 2)))
         return len(ids)
 
     def _replicate(self, state: ReplicationState, rules: Rules, entries: list[Entry],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import time
 import uuid
 
@@ -934,3 +935,26 @@ def test_a_locked_database_means_the_lease_is_not_taken_yet(monkeypatch):
 
     monkeypatch.setattr(Replicator, "_state_for_update", locked)
     assert Replicator(owner="x").try_acquire() is False
+
+
+@pytest.mark.django_db
+def test_snapshot_values_are_rendered_or_rejected_like_the_fields_do():
+    """Rendering from snapshot values (encoding.client_converter): an invalid value of a synced column still
+    makes the entry a dead letter; a valid value in another form than capture writes renders canonically."""
+    replicate_now()
+    lst = TodoList.objects.create(name="a", owner_id="u1")
+    replicate_now()
+    bad, odd = Todo.objects.create(list=lst, description="bad"), Todo.objects.create(list=lst, description="odd")
+    raw = orjson.loads(OutboxEntry.objects.filter(object_pk=str(bad.pk)).latest("id").snapshot)
+    poison(bad, snapshot=orjson.dumps({**raw, "completed": "not a boolean"}).decode())
+    raw = orjson.loads(OutboxEntry.objects.filter(object_pk=str(odd.pk)).latest("id").snapshot)
+    poison(odd, snapshot=orjson.dumps({**raw, "id": str(odd.pk).upper(), "list_id": lst.pk.hex,
+                                       "created_at": odd.created_at.astimezone(datetime.timezone(
+                                           datetime.timedelta(hours=2))).isoformat()}).decode())
+    replicate_now()
+    assert list(DeadLetter.objects.values_list("object_pk", flat=True)) == [str(bad.pk)]
+    assert "not a boolean" in DeadLetter.objects.get().error
+    [(data,)] = BucketOp.objects.filter(object_id=str(odd.pk)).values_list("data")
+    odd.refresh_from_db()
+    assert orjson.loads(data) == orjson.loads(get_rules().by_model["todos.todo"][0].render(
+        {f.attname: getattr(odd, f.attname) for f in Todo._meta.concrete_fields})[1])
