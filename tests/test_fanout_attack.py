@@ -244,3 +244,64 @@ def test_gzip_bodies_of_many_changes_are_one_valid_gzip_member(monkeypatch):
         assert lines[-1] == {"token_expires_in": 0}, key
         assert sum("checkpoint_complete" in line for line in lines) == 13, key
         assert b"change 11" in text, key
+
+
+def test_a_checkpoint_that_interrupts_another_does_not_shrink_the_shared_read_of_streams_behind(monkeypatch):
+    """A stream whose data is interrupted by a newer checkpoint (INTERRUPT_AFTER_OPS) reads that checkpoint's
+    changes since its own cursor: a shared read keyed by the cursor before (its ``_base``) would hold only
+    those buckets, and every stream still at that cursor, seeing more changed buckets, would find the read
+    lacking one and read its own (one read per stream instead of one shared)."""
+    from test_fanout import ReadCounter, shared_reads
+    from test_sync import take_until
+
+    from powersync_django import sync
+
+    monkeypatch.setattr(sync, "INTERRUPT_AFTER_OPS", 1)
+    big = TodoList.objects.create(name="big", owner_id="u1")
+    small = TodoList.objects.create(name="small", owner_id="u1")
+    Todo.objects.create(list=big, description="a")
+    replicate_now()
+    hub = FrozenHub(monkeypatch)
+    counter = ReadCounter(monkeypatch)
+
+    async def caught_up() -> None:
+        newest = await in_thread(storage.latest_checkpoint_id)()
+        async with asyncio.timeout(30):
+            while True:
+                if get_hub().latest_id >= newest:
+                    return
+                await asyncio.sleep(0.02)
+
+    async def run() -> tuple[int, dict]:
+        with shared_reads(True):
+            interrupted = SyncSession(claims("u1"), SyncRequest(client_id="a"))
+            behind = SyncSession(claims("u1"), SyncRequest(client_id="b"))
+            await interrupted.prepare()
+            await behind.prepare()
+            lines_a, lines_b = interrupted.lines(), behind.lines()
+            await take_until(lines_a, "checkpoint_complete")
+            await take_until(lines_b, "checkpoint_complete")
+
+            def first() -> None:  # more ops than a shared read keeps: paged from the stream's own reads
+                for i in range(8):
+                    Todo.objects.create(list=big, description=f"many {i}")
+                Todo.objects.create(list=small, description="b")
+
+            await replicated(hub, first)
+            await caught_up()
+            assert "checkpoint_diff" in await anext(lines_a)
+            assert "data" in await anext(lines_a)
+            await replicated(hub, lambda: Todo.objects.create(list=big, description="c"))
+            await caught_up()
+            assert "checkpoint_diff" in await anext(lines_a)  # the newer checkpoint interrupts the data
+            before = counter.calls["read_checkpoint"]
+            assert "checkpoint_diff" in await anext(lines_b)  # both changes at once
+            own = counter.calls["read_checkpoint"] - before
+            entries = {k: sorted(e.task.result().requested) for k, e in fanout.of(get_hub()).entries.items()
+                       if e.task.done() and e.task.result() is not None}
+            for gen in (lines_a, lines_b):
+                await gen.aclose()
+            return own, entries
+
+    own, entries = asyncio.run(run())
+    assert own == 0, entries  # the stream behind took its checkpoint from a shared read
