@@ -305,3 +305,21 @@ def test_a_checkpoint_that_interrupts_another_does_not_shrink_the_shared_read_of
 
     own, entries = asyncio.run(run())
     assert own == 0, entries  # the stream behind took its checkpoint from a shared read
+
+
+def test_a_checkpoint_published_before_the_watcher_first_runs_wakes_the_streams_waiting():
+    """The watcher of the hub starts as a task: a checkpoint published between a stream's wait (which created
+    the watcher) and the watcher's first step must still wake that stream (not at its deadline only)."""
+    from test_waiting import FakeHub
+
+    async def run():
+        hub = FakeHub()
+        waits = waiting.of(hub)
+        stream = asyncio.create_task(waits.wait_changes(1, 3600))
+        await asyncio.sleep(0)  # the stream waits; the watcher task is created but has not run yet
+        assert waits.waiters and not stream.done()
+        hub.publish()
+        changes = await asyncio.wait_for(stream, 3)
+        assert changes is not None and changes.last_id == 2
+
+    asyncio.run(run())
