@@ -12,6 +12,7 @@ import gzip
 import orjson
 import pytest
 from django.conf import settings
+from django.db import transaction
 from django.test import override_settings
 from sync_client import ClientModel
 from test_fanout import in_thread, replicated
@@ -323,3 +324,47 @@ def test_a_checkpoint_published_before_the_watcher_first_runs_wakes_the_streams_
         assert changes is not None and changes.last_id == 2
 
     asyncio.run(run())
+
+
+def test_a_10000_op_change_larger_than_a_shared_read_sends_what_streams_compute_alone(monkeypatch):
+    """One change of 10,000 ops in one bucket (more than a shared read keeps) and a few in another, to streams
+    at the same cursor with shared reads and without: the same lines; every client's checksums match."""
+    big_config = {"SHARED_READ_MAX_OPS": 4000, "OPS_PER_DATA_LINE": 700}
+    with override_settings(POWERSYNC=config(True, **big_config)):
+        big = TodoList.objects.create(name="big", owner_id="u1")
+        small = TodoList.objects.create(name="small", owner_id="u1")
+        Todo.objects.create(list=big, description="a")
+        replicate_now()
+    hub = FrozenHub(monkeypatch)
+
+    def change() -> None:
+        with transaction.atomic():
+            for i in range(10000):
+                Todo.objects.create(list=big, description=f"bulk {i}")
+            Todo.objects.create(list=small, description="b")
+            big.name = "big renamed"
+            big.save()
+
+    async def run() -> tuple[list[list[dict]], int]:
+        twins = Twins()
+        for on in (True, False):
+            with override_settings(POWERSYNC=config(on, **big_config)):
+                for client in ("a", "b", "c"):
+                    await twins.open(SyncSession(claims("u1"), SyncRequest(client_id=client)))
+        with override_settings(POWERSYNC=config(True, **big_config)):
+            await twins.settle()
+            await replicated(hub, change)
+            await settled(twins.sessions, twins.tasks, seconds=120)
+        replayed = fanout.of(get_hub()).replayed
+        await twins.close()
+        return twins.lines, replayed
+
+    lines, _ = asyncio.run(run())
+    ops = sum(len(line["data"]["data"]) for line in lines[0] if "data" in line)
+    assert ops >= 10001, ops
+    for i in range(3):
+        assert [orjson.dumps(line) for line in lines[i]] == [orjson.dumps(line) for line in lines[i + 3]], i
+        client = ClientModel()
+        for line in lines[i]:
+            client.apply(line)
+        assert client.mismatches == [] and client.completed == 2
