@@ -368,3 +368,36 @@ def test_a_10000_op_change_larger_than_a_shared_read_sends_what_streams_compute_
         for line in lines[i]:
             client.apply(line)
         assert client.mismatches == [] and client.completed == 2
+
+
+def test_the_testing_helper_run_beside_open_streams_leaves_their_hub_open(monkeypatch):
+    """``powersync_django.testing.sync`` called from a thread of the event loop (``sync_to_async``: asgiref
+    runs its coroutine on that loop) shares the loop's checkpoint hub with the open streams: closing it would
+    leave them without changes until they reconnect."""
+    from asgiref.sync import sync_to_async
+    from test_sync import take_until
+
+    from powersync_django import testing
+
+    with override_settings(POWERSYNC=config(True)):
+        lst = TodoList.objects.create(name="mine", owner_id="u1")
+        replicate_now()
+
+    async def run() -> list[dict]:
+        with override_settings(POWERSYNC=config(True)):
+            session = SyncSession(claims("u1"), SyncRequest(client_id="open"))
+            await session.prepare()
+            gen = session.lines()
+            await take_until(gen, "checkpoint_complete")
+            result = await sync_to_async(testing.sync)(sub="u1")
+            assert result.buckets
+            await in_thread(lambda: (Todo.objects.create(list=lst, description="after"), replicate_now()))()
+            try:
+                return await take_until(gen, "checkpoint_complete", seconds=5)
+            finally:
+                await gen.aclose()
+
+    lines = asyncio.run(run())
+    assert any("checkpoint_diff" in line for line in lines), lines
+    assert any(op.get("data") and "after" in op["data"] for line in lines if "data" in line
+               for op in line["data"]["data"])
