@@ -190,6 +190,13 @@ def forget_hub(hub: CheckpointHub) -> None:
                 del _hubs[loop]
 
 
+def running_hub() -> CheckpointHub | None:
+    """The open hub of the running event loop, if one was started (none is started here)."""
+    with _hubs_lock:
+        hub = _hubs.get(asyncio.get_running_loop())
+    return None if hub is None or hub.closed else hub
+
+
 def get_hub(using: str = "default") -> CheckpointHub:
     """The hub of the running event loop (started on first use)."""
     loop = asyncio.get_running_loop()

@@ -457,7 +457,9 @@ class SyncSession:
         if self.ops_sent < INTERRUPT_AFTER_OPS or self.hub.latest_id <= self.cursor:
             return None
         changes = self.hub.changes_since(self.cursor)
-        self.cursor = changes.last_id
+        # The shared read of these changes is keyed by the cursor they start from (not the one before it: that
+        # read would hold fewer buckets than the streams still at that cursor need).
+        self._base, self.cursor = self.cursor, changes.last_id
         diff = await self._diff(changes)
         if diff is None:
             return _ENDED

@@ -84,6 +84,9 @@ async def _first_sync(token: TokenClaims, request: SyncRequest, using: str) -> S
     result = SyncResult()
     # bucket -> (table, id) -> (op id, row or None): the last op of each row in each bucket
     held: dict[str, dict[tuple[str, str], tuple[int, dict[str, Any] | None]]] = {}
+    # A hub this loop already runs serves other streams (asgiref runs this coroutine on the loop of the thread
+    # that called sync_to_async): it stays open. Only a hub started here is closed.
+    existing = notify.running_hub()
     with executors.inline():
         session = SyncSession(token, request, keepalive=False, using=using)
         lines = session.lines()
@@ -106,7 +109,7 @@ async def _first_sync(token: TokenClaims, request: SyncRequest, using: str) -> S
         finally:
             await aclose_quietly(lines)
             hub = session.hub
-            if hub is not None:
+            if hub is not None and hub is not existing:
                 hub.stop_listener()
                 await hub.close()
                 notify.forget_hub(hub)

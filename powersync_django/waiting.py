@@ -36,7 +36,9 @@ class Waiting:
         if hub.latest_id <= after_id and max_wait > 0:
             loop = asyncio.get_running_loop()
             if not hub.closed and (self._watcher is None or self._watcher.done()):
-                self._watcher = loop.create_task(self._watch(), name="powersync-stream-waits")
+                # The checkpoint seen is the one of now, not of the task's first step: a checkpoint published
+                # in between would not wake the streams waiting meanwhile.
+                self._watcher = loop.create_task(self._watch(hub.latest_id), name="powersync-stream-waits")
             second = math.ceil(loop.time() + max_wait)
             due = self.due.get(second)
             if due is None:
@@ -65,10 +67,9 @@ class Waiting:
             if not waiter.done():
                 waiter.set_result(None)
 
-    async def _watch(self) -> None:
-        """Wake every waiting stream when the hub publishes a checkpoint (until the hub closes: then each
-        waits for its deadline, as on a closed hub)."""
-        seen = self.hub.latest_id
+    async def _watch(self, seen: int) -> None:
+        """Wake every waiting stream when the hub publishes a checkpoint after ``seen`` (until the hub closes:
+        then each waits for its deadline, as on a closed hub)."""
         while not self.hub.closed:
             await self.hub.wait_changes(seen, WATCH_SECONDS)
             if self.hub.latest_id > seen:
