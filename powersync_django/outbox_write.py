@@ -11,17 +11,20 @@ Inside an ``atomic`` block, rows are queued on the connection and written (in th
 - when :data:`BATCH_ROWS` are queued.
 
 A rolled-back transaction discards them (Django's ``rollback``, wrapped too), so do a connection closed or
-replaced meanwhile (``connect`` is wrapped too: a pool may hand back the same DB-API connection), and so does ``ROLLBACK TO SAVEPOINT``: every savepoint statement writes the queue, so the
-rows still queued were all queued after the savepoint being rolled back to was set. (Writing them instead
-would fail on PostgreSQL when the savepoint is rolled back because a statement failed, the transaction being
-aborted until then, and doom the enclosing transaction.) Outside ``atomic`` blocks rows are written at once.
+replaced meanwhile (``connect`` is wrapped too: a pool may hand back the same DB-API connection), and so
+does ``ROLLBACK TO SAVEPOINT``: every savepoint statement writes the queue, so the rows still queued were all
+queued after the savepoint being rolled back to was set. (Writing them instead would fail on PostgreSQL when
+the savepoint is rolled back because a statement failed, the transaction being aborted until then, and doom
+the enclosing transaction.) Outside ``atomic`` blocks rows are written at once. Commits must go through
+Django: a ``COMMIT`` sent through the DB-API connection itself would commit the changes before their rows.
 
 On PostgreSQL each INSERT runs inside ``WITH ... SELECT pg_notify(...)``: the notification is queued by the very
 statement that writes the rows, so it is delivered exactly when they commit and dropped with them; PostgreSQL
 merges identical notifications of one transaction. Large batches go by ``COPY`` followed by ``pg_notify`` in
-the same transaction. With psycopg 3's client-side binding (Django's default) the last statement before a
-commit carries the ``COMMIT`` too: a captured autocommit save costs BEGIN, its INSERT, and INSERT+COMMIT. A transaction of 100 captured saves thus costs one extra
-statement, not 100 INSERTs and 100 ``pg_notify``.
+the same transaction. With psycopg 3's client-side binding (Django's default) the last statement before
+Django's own commit carries the ``COMMIT`` too: a captured autocommit save costs BEGIN, its INSERT, and
+INSERT+COMMIT. A transaction of 100 captured saves thus costs one extra statement, not 100 INSERTs and 100
+``pg_notify``.
 
 The in-process wake-up (:func:`notify.outbox_changed`) is registered with ``on_commit`` once per transaction
 (see :func:`_wake_on_commit`).
