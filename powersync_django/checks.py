@@ -42,7 +42,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if config["DATETIME_FORMAT"] not in ("space", "iso"):
         messages.append(checks.Error("POWERSYNC['DATETIME_FORMAT'] must be 'space' or 'iso'.",
                                      id="powersync_django.E011"))
+    for key in INTERVALS:
+        value = config[key]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+            messages.append(checks.Error(f"POWERSYNC[{key!r}] must be a positive number of seconds, not {value!r}.",
+                                         id="powersync_django.E022"))
     return messages
+
+
+# Settings that are intervals: zero or less would make streams or the replicator loop without pause.
+INTERVALS = ("KEEPALIVE_SECONDS", "POLL_INTERVAL", "LEASE_SECONDS")
 
 
 @checks.register("powersync")

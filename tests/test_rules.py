@@ -84,6 +84,18 @@ def test_valid_settings_pass_checks():
     assert [m for m in checks.run_checks(tags=["powersync"])] == []
 
 
+@pytest.mark.parametrize("key", ["KEEPALIVE_SECONDS", "POLL_INTERVAL", "LEASE_SECONDS"])
+@pytest.mark.parametrize("value", [0, -1, "20", None, True])
+def test_intervals_that_are_not_positive_numbers_are_reported(key, value):
+    """A keepalive interval of 0 made every stream send keepalives without pause."""
+    from django.conf import settings
+
+    with override_settings(POWERSYNC={**settings.POWERSYNC, key: value}):
+        messages = checks.run_checks(tags=["powersync"])
+    assert [m.id for m in messages] == ["powersync_django.E022"]
+    assert key in messages[0].msg
+
+
 def test_bad_upload_hook_path_is_reported_by_system_checks():
     from django.conf import settings
 
