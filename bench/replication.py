@@ -8,6 +8,8 @@ the replicator (in this process, ``replicate_now``: batches of ``REPLICATION_BAT
 empty), in wall time and in this process's CPU time (the database server's work is not in the latter; on a
 shared machine the CPU time is the steadier figure). Each todo is in one bucket (``todos_by_list``; the ``list_todos`` stream shares its buckets), so a
 run writes one op per row. Prints each run and the medians: insert time, replication time and rows/s.
+``--update``: the todos are created once, then each run updates all of them (``PowerSyncQuerySet.update``, one
+transaction; their buckets do not change) and times their replication.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--database-url", default="")
     parser.add_argument("--batch-size", type=int, default=0, help="REPLICATION_BATCH_SIZE (default: the setting)")
+    parser.add_argument("--update", action="store_true", help="time updates of existing todos instead of creates")
     args = parser.parse_args()
     tmp = tempfile.TemporaryDirectory()
     os.environ["DATABASE_URL"] = args.database_url or f"sqlite:///{tmp.name}/bench.sqlite3"
@@ -62,13 +65,22 @@ def main() -> None:
     replicate_now()
     n = args.rows
     inserts, times, cpus = [], [], []
-    for run in range(args.runs):
-        todos = [Todo(list=lists[i % len(lists)], description=f"todo {run}/{i} with some text", created_by="bench")
+    if args.update:
+        todos = [Todo(list=lists[i % len(lists)], description=f"todo {i} with some text", created_by="bench")
                  for i in range(n)]
+        with transaction.atomic():
+            PowerSyncQuerySet(model=Todo).bulk_create(todos, batch_size=1000)
+        replicate_now()
+    for run in range(args.runs):
         ops_before = BucketOp.objects.count()
         started = time.monotonic()
         with transaction.atomic():
-            PowerSyncQuerySet(model=Todo).bulk_create(todos, batch_size=1000)
+            if args.update:
+                PowerSyncQuerySet(model=Todo).all().update(description=f"updated in run {run}")
+            else:
+                PowerSyncQuerySet(model=Todo).bulk_create(
+                    [Todo(list=lists[i % len(lists)], description=f"todo {run}/{i} with some text",
+                          created_by="bench") for i in range(n)], batch_size=1000)
         committed = time.monotonic()
         cpu = time.process_time()
         replicated = replicate_now()
@@ -78,7 +90,7 @@ def main() -> None:
         ops = BucketOp.objects.count() - ops_before
         inserts.append(committed - started)
         times.append(done - committed)
-        print(f"{connection.vendor}: run {run + 1}: insert {n} todos {committed - started:.2f} s; "
+        print(f"{connection.vendor}: run {run + 1}: {'update' if args.update else 'insert'} {n} todos {committed - started:.2f} s; "
               f"replicate {replicated} entries -> {ops} ops {done - committed:.2f} s "
               f"({n / (done - committed):,.0f} rows/s; CPU of this process {cpus[-1]:.2f} s)", flush=True)
     state = ReplicationState.objects.get(pk=1)

@@ -307,6 +307,7 @@ class Replicator:
         batch = _Batch(next_op=state.build_next_op if build else state.last_op_id + 1)
         sources = {source_key(e.model, e.object_pk) for e in entries if e.op != OutboxEntry.MARKER}
         memberships, stored = self._memberships(sources, version)
+        unchanged = dict(memberships)  # apply_row gives new lists: these stay what storage holds
         dead_sources = self._dead_sources(sources)
         held: list[Entry] = []
         markers: dict[str, int] = {}
@@ -330,7 +331,9 @@ class Replicator:
             memberships[key] = batch.apply_row(memberships.get(key, []), new)
         self._write_ops(batch)
         transaction.on_commit(lambda: metrics.replicated(len(entries), len(batch.ops)), using=db)
-        self._write_memberships({k: memberships[k] for k in sources if k in memberships}, version, stored)
+        # Rows whose buckets did not change (most updates) keep their RowBuckets row as it is.
+        self._write_memberships({k: memberships[k] for k in sources
+                                 if k in memberships and unchanged.get(k) != memberships[k]}, version, stored)
         if held:
             _dead_letters(db, held, DeadLetter.HELD, "an earlier entry of this row is a dead letter")
         delete_in(db, OutboxEntry, "id", [e.id for e in entries])
