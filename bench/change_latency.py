@@ -20,6 +20,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -65,6 +66,33 @@ class Stream(threading.Thread):
                                 self.arrivals.setdefault(desc, now)
 
 
+def prepare_database(url: str) -> None:
+    """Point this process's Django at ``url``, set it up and migrate (a PostgreSQL database is flushed first)."""
+    os.environ.update(env_for(url))
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        call_command("flush", interactive=False, verbosity=0)
+    call_command("migrate", verbosity=0)
+
+
+def lists_of_users(count: int) -> tuple[list[str], dict[str, Any]]:
+    """Users ``user0``... with a todo list each, replicated (storage built)."""
+    from demo_project.todos.models import TodoList
+    from powersync_django.replication import replicate_now
+
+    users = [f"user{i}" for i in range(count)]
+    lists = {u: TodoList.objects.create(name="l", owner_id=u) for u in users}
+    # Built before the streams open: a stream opened before the first build ends when the build changes the
+    # definitions' version (a real client reconnects; these readers do not, and the change never arrived).
+    replicate_now()
+    return users, lists
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--database-url", default="")
@@ -73,25 +101,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{tmp}/latency.sqlite3"
-        os.environ.update(env_for(url))
-        import django
-
-        django.setup()
-        from django.core.management import call_command
+        prepare_database(url)
         from django.db import connection
 
-        if connection.vendor == "postgresql":
-            call_command("flush", interactive=False, verbosity=0)
-        call_command("migrate", verbosity=0)
-        from demo_project.todos.models import Todo, TodoList
+        from demo_project.todos.models import Todo
         from powersync_django.auth import make_token
-        from powersync_django.replication import replicate_now
 
-        users = [f"user{i}" for i in range(args.clients)]
-        lists = {u: TodoList.objects.create(name="l", owner_id=u) for u in users}
-        # Built before the streams open: a stream opened before the first build ends when the build changes the
-        # definitions' version (a real client reconnects; these readers do not, and the change never arrived).
-        replicate_now()
+        users, lists = lists_of_users(args.clients)
         with serve(url, f"{tmp}/server.log") as proc:
             port = proc.port
             streams = {u: Stream(port, make_token(u)) for u in users}

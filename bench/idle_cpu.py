@@ -21,8 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from change_latency import Stream  # noqa: E402
-from initial_sync import env_for, serve  # noqa: E402
+from change_latency import Stream, prepare_database  # noqa: E402
+from initial_sync import serve  # noqa: E402
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -48,16 +48,9 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{tmp}/idle.sqlite3"
-        os.environ.update(env_for(url))
-        import django
-
-        django.setup()
-        from django.core.management import call_command
+        prepare_database(url)
         from django.db import connection
 
-        if connection.vendor == "postgresql":
-            call_command("flush", interactive=False, verbosity=0)
-        call_command("migrate", verbosity=0)
         from demo_project.todos.models import TodoList
         from powersync_django.auth import make_token
         from powersync_django.replication import replicate_now

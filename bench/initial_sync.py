@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -97,23 +97,34 @@ def serve(url: str, log_path: str | None = None, server: str = "daphne",
                             stderr=log)
     proc.port = port  # type: ignore[attr-defined]
     try:
-        deadline = time.time() + 30
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                time.sleep(0.1)
+        wait_for_port(port)
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop(proc)
         if log_path:
             log.close()
+
+
+def wait_for_port(port: int, seconds: float = 30) -> None:
+    """Return once 127.0.0.1:``port`` accepts connections (or ``seconds`` passed)."""
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen, terminate: Callable[[], None] | None = None,
+         kill: Callable[[], None] | None = None) -> None:
+    """Terminate a child process (by ``terminate`` if given), killing it (``kill``) after 10 s."""
+    (terminate or proc.terminate)()
+    try:
+        proc.wait(10)
+    except subprocess.TimeoutExpired:
+        (kill or proc.kill)()
+        proc.wait(10)
 
 
 def stream_once(port: int, tok: str, bson_gzip: bool) -> tuple[float, int, int]:

@@ -19,7 +19,6 @@ import argparse
 import contextlib
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -29,8 +28,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
-from change_latency import Stream  # noqa: E402
-from initial_sync import env_for, free_port, serve  # noqa: E402
+from change_latency import Stream, lists_of_users, prepare_database  # noqa: E402
+from initial_sync import env_for, free_port, serve, stop, wait_for_port  # noqa: E402
 
 SHELL_CODE = """
 import time
@@ -59,21 +58,11 @@ def runserver(url: str, log_path: str):
                                 stdout=log, stderr=log, start_new_session=True)
         proc.port = port  # type: ignore[attr-defined]
         try:
-            deadline = time.time() + 60
-            while time.time() < deadline:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    time.sleep(0.1)
+            wait_for_port(port, 60)
             yield proc
         finally:
-            os.killpg(proc.pid, signal.SIGTERM)  # the autoreloader's child too
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+            # The autoreloader's child too.
+            stop(proc, lambda: os.killpg(proc.pid, signal.SIGTERM), lambda: os.killpg(proc.pid, signal.SIGKILL))
 
 
 def checkpoint_time() -> float:
@@ -101,25 +90,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         url = args.database_url or f"sqlite:///{tmp}/latency.sqlite3"
-        os.environ.update(env_for(url))
-        import django
-
-        django.setup()
-        from django.core.management import call_command
+        prepare_database(url)
         from django.db import connection
 
-        if connection.vendor == "postgresql":
-            call_command("flush", interactive=False, verbosity=0)
-        call_command("migrate", verbosity=0)
-        from demo_project.todos.models import Todo, TodoList
+        from demo_project.todos.models import Todo
         from powersync_django.auth import make_token
-        from powersync_django.replication import replicate_now
 
-        users = [f"user{i}" for i in range(args.clients)]
-        lists = {u: TodoList.objects.create(name="l", owner_id=u) for u in users}
-        # Built before the streams open: a stream opened before the first build ends when the build changes the
-        # definitions' version (a real client reconnects; these do not).
-        replicate_now()
+        users, lists = lists_of_users(args.clients)
         log = args.server_log or f"{tmp}/server.log"
         with (runserver(url, log) if args.server == "runserver" else serve(url, log)) as proc:
             streams = {u: WallStream(proc.port, make_token(u)) for u in users}

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 from change_latency import Stream  # noqa: E402
-from initial_sync import env_for, serve  # noqa: E402
+from initial_sync import env_for, serve, stop  # noqa: E402
 
 FLEET = {"POWERSYNC_REPLICATOR_IN_PROCESS": "0", "POWERSYNC_KEEPALIVE_SECONDS": "20"}
 
@@ -47,12 +47,7 @@ def replicator(url: str, log_path: str) -> Iterator[subprocess.Popen]:
         try:
             yield proc
         finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
+            stop(proc)
 
 
 class Others:
